@@ -1,0 +1,152 @@
+//! The normalized chat request: one shape for every provider and open model.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A chat request as Switchyard understands it, whatever API it came in through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChatRequest {
+    /// The full model id the caller asked for, e.g. `openai/gpt-4o-mini`.
+    pub model: String,
+    /// The conversation so far, oldest first.
+    pub messages: Vec<Message>,
+    /// Sampling and length parameters.
+    #[serde(default)]
+    pub params: Params,
+    /// Functions the model may call.
+    #[serde(default)]
+    pub tools: Vec<Tool>,
+    /// How the model may use `tools`; provider default when absent.
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether the caller reads the reply as a stream of chunks.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Message {
+    pub role: Role,
+    /// Text and image parts, in order. Empty for an assistant message that only calls tools.
+    #[serde(default)]
+    pub content: Vec<ContentPart>,
+    /// Optional participant name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Tool calls the assistant made (role `assistant`).
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call this message answers (role `tool`).
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// A message holding a single text part.
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: vec![ContentPart::Text { text: text.into() }],
+            name: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// The text parts joined with newlines (images skipped).
+    pub fn joined_text(&self) -> String {
+        let mut out = String::new();
+        for part in &self.content {
+            if let ContentPart::Text { text } = part {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(text);
+            }
+        }
+        out
+    }
+}
+
+/// A part of a message's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    /// Plain text.
+    Text { text: String },
+    /// An image by URL; a `data:image/...;base64,...` URL carries the bytes inline.
+    Image {
+        url: String,
+        /// Provider hint such as `low`, `high`, `auto`.
+        #[serde(default)]
+        detail: Option<String>,
+    },
+}
+
+/// Sampling and length parameters. Absent means "provider default".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Params {
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Upper bound on generated tokens.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Sequences that end generation.
+    #[serde(default)]
+    pub stop: Vec<String>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    /// End-user id for the provider's abuse monitoring.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Tool {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// JSON Schema of the arguments, as a JSON text (kept as text so the MessagePack
+    /// form stays language-neutral and byte-exact).
+    #[serde(default)]
+    pub parameters_json: Option<String>,
+}
+
+/// A call the model made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// Arguments as a JSON text, exactly as the model wrote them.
+    pub arguments: String,
+}
+
+/// How the model may use the tools.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    /// Must call this function.
+    Function { name: String },
+}

@@ -1,0 +1,70 @@
+//! The request envelope: what travels on `req.…` and `batch.…` subjects.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::chat::ChatRequest;
+use crate::seal::Sealed;
+
+/// Metadata in the clear (routing, deadlines, accounting) around a sealed body.
+///
+/// The body ([`SealedRequest`]) holds the prompt and the caller's provider key, so it is
+/// sealed with AES-256-GCM before it is published: JetStream writes message bodies to disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RequestEnvelope {
+    /// Schema version the writer used ([`crate::SCHEMA_VERSION`]).
+    pub schema_version: u16,
+    /// UUIDv7; also the `Nats-Msg-Id` header, so retried publishes are deduplicated.
+    pub request_id: Uuid,
+    /// The account the request is billed to.
+    pub account: String,
+    pub created_at: DateTime<Utc>,
+    /// After this instant the request is dropped, not run.
+    pub deadline: DateTime<Utc>,
+    /// Where the answer goes.
+    pub reply: ReplyTarget,
+    /// The model id in the clear (not secret), for routing and metrics without unsealing.
+    pub model: String,
+    /// The sealed [`SealedRequest`].
+    pub body: Sealed,
+}
+
+/// Where a worker sends the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReplyTarget {
+    /// Stream [`crate::ReplyChunk`]s over core NATS to this subject
+    /// (`reply.<ingress>.<request>`); the HTTP caller is waiting.
+    Stream { subject: String },
+}
+
+impl ReplyTarget {
+    /// The subject answers are published to.
+    pub fn subject(&self) -> &str {
+        match self {
+            ReplyTarget::Stream { subject } => subject,
+        }
+    }
+}
+
+/// The secret part of a request: opened only by the worker that runs it.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SealedRequest {
+    pub request: ChatRequest,
+    /// The caller's own provider key for closed models; used for this request only.
+    #[serde(default)]
+    pub provider_key: Option<String>,
+}
+
+impl std::fmt::Debug for SealedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Prompts and keys never reach a log, even by accident.
+        f.debug_struct("SealedRequest")
+            .field("model", &self.request.model)
+            .field("messages", &self.request.messages.len())
+            .field("provider_key", &self.provider_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}

@@ -1,0 +1,37 @@
+//! Every message that crosses NATS in Switchyard, and the rules for sending them.
+//!
+//! - [`envelope`]: the request envelope every request travels in (id, account, times,
+//!   schema version, reply target) with its sealed body.
+//! - [`chat`]: the normalized chat request every provider and worker understands.
+//! - [`chunk`]: the streamed reply chunk workers send back.
+//! - [`error`]: the error every service reports and the HTTP status it maps to.
+//! - [`subjects`]: subject names and the model id → subject token mapping.
+//! - [`codec`]: the one MessagePack codec (named maps) for every payload.
+//! - [`seal`]: AES-256-GCM sealing, so prompts and provider keys are never at rest in
+//!   plaintext in JetStream.
+//! - [`headers`]: NATS header names we set and read.
+//! - [`json_schema`]: JSON Schema of every message, exported to `schemas/json/` for
+//!   publishers in other languages.
+//!
+//! Wire rules: fields are only ever added (as `Option` or with `#[serde(default)]`),
+//! never renamed or removed; a breaking change is a new type on a new subject.
+
+pub mod chat;
+pub mod chunk;
+pub mod codec;
+pub mod envelope;
+pub mod error;
+pub mod headers;
+pub mod json_schema;
+pub mod seal;
+pub mod subjects;
+
+pub use chat::{ChatRequest, ContentPart, Message, Params, Role, Tool, ToolCall, ToolChoice};
+pub use chunk::{Delta, FinishReason, ReplyChunk, ToolCallDelta, Usage};
+pub use codec::{CodecError, decode, encode};
+pub use envelope::{ReplyTarget, RequestEnvelope, SealedRequest};
+pub use error::{ErrorBody, ErrorKind};
+pub use seal::{SealError, SealKey, Sealed};
+
+/// The schema version this build writes. Readers accept every version up to this one.
+pub const SCHEMA_VERSION: u16 = 1;
