@@ -1,0 +1,304 @@
+//! NATS set-up for Switchyard, in one place.
+//!
+//! The files beside this crate — `streams/*.json`, `consumers/<STREAM>/*.json`,
+//! `kv/*.json` — define every stream, durable consumer and KV bucket. Streams and
+//! consumers are in the NATS JetStream API's own JSON form (durations in nanoseconds),
+//! so `nats stream add --config` reads them too. [`apply`] creates or updates them all,
+//! idempotently; the `switchyard-nats apply` binary runs it for `just up` and
+//! deployments, and tests run it on their own servers. Services never create streams.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde::Deserialize;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+/// A stream, consumer or bucket definition that cannot be read or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid definition: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("cannot apply stream {name}: {message}")]
+    Stream { name: String, message: String },
+    #[error("cannot apply consumer {stream}/{name}: {message}")]
+    Consumer {
+        stream: String,
+        name: String,
+        message: String,
+    },
+    #[error("cannot apply KV bucket {name}: {message}")]
+    Kv { name: String, message: String },
+}
+
+/// A KV bucket definition (`kv/*.json`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvDef {
+    pub bucket: String,
+    #[serde(default)]
+    pub description: String,
+    /// Values kept per key.
+    #[serde(default = "one")]
+    pub history: i64,
+    /// Entries expire after this many seconds; 0 keeps them.
+    #[serde(default)]
+    pub max_age_secs: u64,
+    #[serde(default = "one_usize")]
+    pub num_replicas: usize,
+}
+
+fn one_usize() -> usize {
+    1
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// A durable consumer on a stream (`consumers/<STREAM>/<name>.json`).
+#[derive(Debug, Clone)]
+pub struct ConsumerDef {
+    pub stream: String,
+    pub config: jetstream::consumer::pull::Config,
+}
+
+/// Everything under `nats/`.
+#[derive(Debug, Clone)]
+pub struct Definitions {
+    pub streams: Vec<jetstream::stream::Config>,
+    pub consumers: Vec<ConsumerDef>,
+    pub kv: Vec<KvDef>,
+}
+
+/// The definitions compiled into this build, identical to the files beside the crate.
+const EMBEDDED: &[(&str, &str)] = &[
+    ("streams/REQUESTS.json", include_str!("../streams/REQUESTS.json")),
+    ("streams/BATCH.json", include_str!("../streams/BATCH.json")),
+    ("streams/RESULTS.json", include_str!("../streams/RESULTS.json")),
+    ("streams/USAGE.json", include_str!("../streams/USAGE.json")),
+    ("streams/DEADLETTER.json", include_str!("../streams/DEADLETTER.json")),
+    (
+        "consumers/REQUESTS/translator.json",
+        include_str!("../consumers/REQUESTS/translator.json"),
+    ),
+    ("kv/clusters.json", include_str!("../kv/clusters.json")),
+    ("kv/instances.json", include_str!("../kv/instances.json")),
+];
+
+fn parse<T: serde::de::DeserializeOwned>(path: &str, text: &str) -> Result<T, Error> {
+    serde_json::from_str(text).map_err(|source| Error::Parse {
+        path: path.to_string(),
+        source,
+    })
+}
+
+impl Definitions {
+    /// The definitions compiled into this binary.
+    pub fn embedded() -> Result<Self, Error> {
+        Self::from_files(EMBEDDED.iter().map(|(p, t)| (p.to_string(), t.to_string())))
+    }
+
+    /// Reads `streams/*.json`, `consumers/<STREAM>/*.json` and `kv/*.json` under `dir`.
+    pub fn load(dir: &Path) -> Result<Self, Error> {
+        let mut files = Vec::new();
+        for sub in ["streams", "kv"] {
+            for path in json_files(&dir.join(sub))? {
+                let rel = format!("{sub}/{}", file_name(&path));
+                files.push((rel, read(&path)?));
+            }
+        }
+        let consumers = dir.join("consumers");
+        let mut streams: Vec<_> = read_dir(&consumers)?
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .collect();
+        streams.sort();
+        for stream_dir in streams {
+            for path in json_files(&stream_dir)? {
+                let rel = format!("consumers/{}/{}", file_name(&stream_dir), file_name(&path));
+                files.push((rel, read(&path)?));
+            }
+        }
+        Self::from_files(files)
+    }
+
+    fn from_files(files: impl IntoIterator<Item = (String, String)>) -> Result<Self, Error> {
+        let mut defs = Definitions {
+            streams: Vec::new(),
+            consumers: Vec::new(),
+            kv: Vec::new(),
+        };
+        for (path, text) in files {
+            let parts: Vec<&str> = path.split('/').collect();
+            match parts.as_slice() {
+                ["streams", _] => defs.streams.push(parse(&path, &text)?),
+                ["kv", _] => defs.kv.push(parse(&path, &text)?),
+                ["consumers", stream, _] => defs.consumers.push(ConsumerDef {
+                    stream: stream.to_string(),
+                    config: parse(&path, &text)?,
+                }),
+                _ => {}
+            }
+        }
+        Ok(defs)
+    }
+
+    /// Sets the replica count of every stream and bucket (3 on a production cluster).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        for s in &mut self.streams {
+            s.num_replicas = replicas;
+        }
+        for kv in &mut self.kv {
+            kv.num_replicas = replicas;
+        }
+        self
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<std::path::PathBuf>, Error> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Read {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    Ok(entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+}
+
+fn json_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, Error> {
+    let mut files: Vec<_> = read_dir(dir)?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub streams: Vec<String>,
+    pub consumers: Vec<String>,
+    pub kv: Vec<String>,
+}
+
+/// Creates or updates every stream, then every consumer, then every KV bucket.
+/// Running it again with the same definitions changes nothing.
+pub async fn apply(js: &jetstream::Context, defs: &Definitions) -> Result<Applied, Error> {
+    let mut applied = Applied::default();
+    for config in &defs.streams {
+        let name = config.name.clone();
+        js.create_or_update_stream(config.clone())
+            .await
+            .map_err(|e| Error::Stream {
+                name: name.clone(),
+                message: e.to_string(),
+            })?;
+        tracing::info!(stream = %name, "stream applied");
+        applied.streams.push(name);
+    }
+    for def in &defs.consumers {
+        let name = def.config.durable_name.clone().unwrap_or_default();
+        let err = |message: String| Error::Consumer {
+            stream: def.stream.clone(),
+            name: name.clone(),
+            message,
+        };
+        let stream = js
+            .get_stream(&def.stream)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        stream
+            .create_consumer(def.config.clone())
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        tracing::info!(stream = %def.stream, consumer = %name, "consumer applied");
+        applied.consumers.push(format!("{}/{}", def.stream, name));
+    }
+    for kv in &defs.kv {
+        let config = jetstream::kv::Config {
+            bucket: kv.bucket.clone(),
+            description: kv.description.clone(),
+            history: kv.history,
+            max_age: Duration::from_secs(kv.max_age_secs),
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: kv.num_replicas,
+            ..Default::default()
+        };
+        js.create_or_update_key_value(config)
+            .await
+            .map_err(|e| Error::Kv {
+                name: kv.bucket.clone(),
+                message: e.to_string(),
+            })?;
+        tracing::info!(bucket = %kv.bucket, "kv bucket applied");
+        applied.kv.push(kv.bucket.clone());
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_definitions_match_the_files() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let embedded = Definitions::embedded().unwrap();
+        let loaded = Definitions::load(dir).unwrap();
+        let names = |d: &Definitions| {
+            let mut s: Vec<_> = d.streams.iter().map(|s| s.name.clone()).collect();
+            s.sort();
+            s
+        };
+        assert_eq!(names(&embedded), names(&loaded), "add new files to EMBEDDED");
+        assert_eq!(embedded.consumers.len(), loaded.consumers.len(), "add new files to EMBEDDED");
+        assert_eq!(embedded.kv.len(), loaded.kv.len(), "add new files to EMBEDDED");
+        assert_eq!(
+            names(&embedded),
+            ["BATCH", "DEADLETTER", "REQUESTS", "RESULTS", "USAGE"]
+        );
+    }
+
+    #[test]
+    fn definitions_say_what_they_mean() {
+        let defs = Definitions::embedded().unwrap();
+        let requests = defs.streams.iter().find(|s| s.name == "REQUESTS").unwrap();
+        assert_eq!(requests.subjects, ["req.>"]);
+        assert_eq!(requests.retention, jetstream::stream::RetentionPolicy::WorkQueue);
+        assert_eq!(requests.max_age, Duration::from_secs(300));
+        assert_eq!(requests.duplicate_window, Duration::from_secs(120));
+        let translator = &defs.consumers[0];
+        assert_eq!(translator.stream, "REQUESTS");
+        assert_eq!(translator.config.durable_name.as_deref(), Some("translator"));
+        assert_eq!(translator.config.filter_subject, "req.closed.>");
+        assert_eq!(translator.config.ack_wait, Duration::from_secs(30));
+        let instances = defs.kv.iter().find(|k| k.bucket == "instances").unwrap();
+        assert_eq!(instances.max_age_secs, 30);
+        let r3 = defs.with_replicas(3);
+        assert!(r3.streams.iter().all(|s| s.num_replicas == 3));
+        assert!(r3.kv.iter().all(|k| k.num_replicas == 3));
+    }
+}

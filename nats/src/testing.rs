@@ -1,0 +1,144 @@
+//! A real nats-server for integration tests: a free port, its own store directory,
+//! killed when dropped (the way async-nats' own tests do it).
+//!
+//! The binary is `$SWITCHYARD_NATS_SERVER`, else `<workspace>/.tools/bin/nats-server`
+//! (installed by `infra/install-tools.sh`). A missing or too-old binary is an error
+//! that says how to install one, never a silent skip.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The oldest nats-server the project supports (KV and the JetStream API we use).
+pub const MIN_VERSION: (u32, u32) = (2, 12);
+
+/// A running nats-server with JetStream.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Child,
+    url: String,
+    store: tempfile::TempDir,
+    log: PathBuf,
+}
+
+/// Where the test nats-server binary is.
+pub fn server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SWITCHYARD_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(".tools/bin/nats-server")
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn check_version(binary: &Path) -> Result<(), String> {
+    let out = Command::new(binary).arg("--version").output().map_err(|e| {
+        format!(
+            "cannot run nats-server at {} ({e}); run `bash infra/install-tools.sh` or set SWITCHYARD_NATS_SERVER",
+            binary.display()
+        )
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "nats-server: v2.15.1"
+    let version = text.trim().rsplit('v').next().unwrap_or_default();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if found < MIN_VERSION {
+        return Err(format!(
+            "{} is {}, need >= {}.{}",
+            binary.display(),
+            text.trim(),
+            MIN_VERSION.0,
+            MIN_VERSION.1
+        ));
+    }
+    Ok(())
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> Result<Self, String> {
+        let binary = server_binary();
+        check_version(&binary)?;
+        let store = tempfile::Builder::new()
+            .prefix("switchyard-nats-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let log = store.path().join("server.log");
+        // The OS may hand the port to someone else between probe and bind: retry a few.
+        for _ in 0..5 {
+            let port = free_port().map_err(|e| e.to_string())?;
+            let mut child = Command::new(&binary)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(store.path().join("jetstream"))
+                .arg("-l")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: port taken, try another
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(Self {
+                        child,
+                        url: format!("nats://127.0.0.1:{port}"),
+                        store,
+                        log,
+                    });
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    return Err(format!("nats-server did not listen within 10 s; see {}", log.display()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Err("nats-server could not get a free port".into())
+    }
+
+    /// `nats://127.0.0.1:<port>`
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The JetStream store directory (to search what was written to disk).
+    pub fn store_dir(&self) -> PathBuf {
+        self.store.path().join("jetstream")
+    }
+
+    /// The server's log file.
+    pub fn log_file(&self) -> &Path {
+        &self.log
+    }
+
+    /// Connects a client.
+    pub async fn connect(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
+        async_nats::connect(&self.url).await
+    }
+
+    /// Connects and applies every definition under `nats/`.
+    pub async fn connect_and_apply(&self) -> Result<async_nats::Client, String> {
+        let client = self.connect().await.map_err(|e| e.to_string())?;
+        let js = async_nats::jetstream::new(client.clone());
+        let defs = crate::Definitions::embedded().map_err(|e| e.to_string())?;
+        crate::apply(&js, &defs).await.map_err(|e| e.to_string())?;
+        Ok(client)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
