@@ -34,6 +34,10 @@ pub enum SealError {
     Open,
     #[error("sealing failed")]
     Seal,
+    #[error("no seal key: set SWITCHYARD_SEAL_KEY or SWITCHYARD_SEAL_KEY_FILE")]
+    Missing,
+    #[error("cannot read the seal key file {0}: {1}")]
+    KeyFile(String, std::io::Error),
 }
 
 /// A 256-bit key. Its `Debug` never shows the key.
@@ -60,6 +64,20 @@ impl SealKey {
             id: id.into(),
             cipher,
         })
+    }
+
+    /// The key services are configured with: inline base64 text, else the contents of
+    /// `file`. The key id is `default` until rotation needs more.
+    pub fn load(inline: Option<&str>, file: Option<&std::path::Path>) -> Result<Self, SealError> {
+        match (inline, file) {
+            (Some(text), _) => Self::from_base64("default", text),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| SealError::KeyFile(path.display().to_string(), e))?;
+                Self::from_base64("default", &text)
+            }
+            (None, None) => Err(SealError::Missing),
+        }
     }
 
     /// A fresh random key as base64 text, for set-up scripts and tests.

@@ -1,0 +1,112 @@
+//! Ingress configuration: flags, each also read from the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use schemas::SealKey;
+
+/// Switchyard's HTTP API: OpenAI-compatible chat completions over NATS JetStream.
+#[derive(Clone, Parser)]
+#[command(name = "switchyard-ingress", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "INGRESS_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// The API key callers present (`Authorization: Bearer <key>`) until accounts
+    /// exist. Read it from the environment, never from a flag in shell history.
+    #[arg(long, env = "SWITCHYARD_DEV_API_KEY", hide_env_values = true)]
+    pub dev_api_key: String,
+
+    /// AES-256-GCM key that seals request bodies (base64 of 32 bytes). Workers hold
+    /// the same key.
+    #[arg(long, env = "SWITCHYARD_SEAL_KEY", hide_env_values = true, required_unless_present = "seal_key_file")]
+    pub seal_key: Option<String>,
+
+    /// File holding the seal key (base64), instead of `SWITCHYARD_SEAL_KEY`.
+    #[arg(long, env = "SWITCHYARD_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<PathBuf>,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "INGRESS_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long a request may take end to end before the caller gets a 504; also the
+    /// deadline after which workers drop it. At most the REQUESTS stream's max age (300 s).
+    #[arg(long, env = "INGRESS_REQUEST_TIMEOUT_SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=290))]
+    pub request_timeout_secs: u64,
+
+    /// How long to wait for JetStream to acknowledge a published request.
+    #[arg(long, env = "INGRESS_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    pub publish_timeout_ms: u64,
+
+    /// This ingress instance's id in reply subjects; random when unset.
+    #[arg(long, env = "INGRESS_ID")]
+    pub ingress_id: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("bind", &self.bind)
+            .field("nats_url", &self.nats_url)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("ingress_id", &self.ingress_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("SWITCHYARD_DEV_API_KEY must not be empty")]
+    EmptyApiKey,
+    #[error("seal key: {0}")]
+    SealKey(#[from] schemas::SealError),
+    #[error("INGRESS_ID must be 1-32 ASCII letters or digits")]
+    BadIngressId,
+}
+
+impl Config {
+    /// The seal key, from the environment or the key file.
+    pub fn seal_key(&self) -> Result<SealKey, ConfigError> {
+        Ok(SealKey::load(self.seal_key.as_deref(), self.seal_key_file.as_deref())?)
+    }
+
+    /// The ingress id used in reply subjects.
+    pub fn ingress_id(&self) -> Result<String, ConfigError> {
+        match &self.ingress_id {
+            Some(id) if !id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                Ok(id.clone())
+            }
+            Some(_) => Err(ConfigError::BadIngressId),
+            None => Ok(format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)),
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.dev_api_key.trim().is_empty() {
+            return Err(ConfigError::EmptyApiKey);
+        }
+        self.seal_key()?;
+        self.ingress_id()?;
+        Ok(())
+    }
+}

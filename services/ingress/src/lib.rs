@@ -1,0 +1,107 @@
+//! Switchyard's HTTP ingress.
+//!
+//! - [`config`]: flags and environment.
+//! - [`routes`]: the axum router — `POST /v1/chat/completions`, `GET /healthz`,
+//!   `GET /metrics` — and the request pipeline: authenticate, normalize, seal, publish
+//!   to JetStream (awaited PubAck, `Nats-Msg-Id` = request id), stream the reply back.
+//! - [`openai`]: the OpenAI wire format in and out.
+//! - [`replies`]: routes reply chunks from `reply.<ingress>.*` to waiting requests.
+//! - [`error`]: the one error type, answered OpenAI-style.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! [`run`] is what the binary runs; tests call [`serve`] with a listener of their own.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod openai;
+pub mod replies;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// Why the ingress could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot subscribe to replies: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// How long in-flight requests get to finish after shutdown is signalled.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds `config.bind` and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    serve(listener, config, shutdown).await
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    let seal = config.seal_key()?;
+    let ingress_id = config.ingress_id()?;
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("switchyard-ingress-{ingress_id}"))
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| Error::Connect {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    let tracker = TaskTracker::new();
+    let replies = replies::Replies::start(&client, ingress_id.clone(), &tracker, shutdown.clone()).await?;
+    let state = Arc::new(routes::AppState {
+        js: async_nats::jetstream::new(client.clone()),
+        client,
+        seal,
+        replies,
+        metrics: metrics::Metrics::default(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        config,
+    });
+    let addr = listener.local_addr().map_err(Error::Serve)?;
+    tracing::info!(%addr, ingress_id = %ingress_id, "ingress listening");
+    let app = routes::router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .map_err(Error::Serve)?;
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
+        tracing::warn!("in-flight work did not finish within the drain timeout");
+    }
+    tracing::info!("ingress stopped");
+    Ok(())
+}

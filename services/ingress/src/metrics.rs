@@ -1,0 +1,76 @@
+//! Prometheus metrics of the ingress (`GET /metrics`). Labels come from small fixed
+//! sets: never account or request ids.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: u16,
+    pub stream: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+/// The ingress's metrics and the registry that renders them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub first_chunk: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub in_flight: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms … ~8 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ingress");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let first_chunk = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let in_flight = Gauge::default();
+        registry.register("requests", "HTTP requests answered, by route and status", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the last byte of the answer",
+            duration.clone(),
+        );
+        registry.register(
+            "first_chunk_seconds",
+            "Time from request to the first reply chunk from a worker",
+            first_chunk.clone(),
+        );
+        registry.register("in_flight_requests", "Requests waiting for workers", in_flight.clone());
+        Self {
+            registry,
+            requests,
+            duration,
+            first_chunk,
+            in_flight,
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

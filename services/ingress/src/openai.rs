@@ -1,0 +1,521 @@
+//! The OpenAI-compatible wire format: request parsing into [`schemas::ChatRequest`] and
+//! the `chat.completion` / `chat.completion.chunk` objects built from reply chunks.
+
+use schemas::{
+    ChatRequest, ContentPart, ErrorKind, FinishReason, Message, Params, Role, Tool, ToolCall,
+    ToolCallDelta, ToolChoice, Usage,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+
+/// `POST /v1/chat/completions` body, as OpenAI documents it (the fields we use).
+#[derive(Debug, Deserialize)]
+pub struct ChatCompletionRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub messages: Option<Vec<OaiMessage>>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub tools: Option<Vec<OaiTool>>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OaiMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<OaiContent>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<OaiToolCall>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OaiContent {
+    Text(String),
+    Parts(Vec<OaiPart>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OaiPart {
+    Text { text: String },
+    ImageUrl { image_url: OaiImageUrl },
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OaiImageUrl {
+    pub url: String,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OaiToolCall {
+    pub id: String,
+    pub function: OaiFunctionCall,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OaiFunctionCall {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OaiTool {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub function: OaiFunction,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OaiFunction {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Value>,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::InvalidRequest, message)
+}
+
+/// Parses a request body; every failure is a 400 naming the field at fault.
+pub fn parse_body(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            invalid(format!("request body is not valid JSON: {inner}"))
+        } else if path == "." {
+            invalid(format!("request body must be a JSON object: {inner}"))
+        } else {
+            invalid(format!("invalid value for '{path}': {inner}")).with_param(path)
+        }
+    })
+}
+
+fn role(name: &str, index: usize) -> Result<Role, ApiError> {
+    Ok(match name {
+        "system" => Role::System,
+        "developer" => Role::Developer,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        other => {
+            return Err(invalid(format!(
+                "messages[{index}].role: unknown role {other:?} (system, developer, user, assistant or tool)"
+            ))
+            .with_param(format!("messages[{index}].role")));
+        }
+    })
+}
+
+fn tool_choice(value: &Value) -> Result<ToolChoice, ApiError> {
+    match value {
+        Value::String(s) if s == "auto" => Ok(ToolChoice::Auto),
+        Value::String(s) if s == "none" => Ok(ToolChoice::None),
+        Value::String(s) if s == "required" => Ok(ToolChoice::Required),
+        Value::Object(o) => o
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+            .map(|name| ToolChoice::Function { name: name.to_string() })
+            .ok_or_else(|| invalid("tool_choice object needs function.name").with_param("tool_choice")),
+        _ => Err(invalid("tool_choice must be \"auto\", \"none\", \"required\" or {\"type\":\"function\",\"function\":{\"name\":…}}")
+            .with_param("tool_choice")),
+    }
+}
+
+/// What the ingress needs beyond the normalized request.
+#[derive(Debug)]
+pub struct Normalized {
+    pub request: ChatRequest,
+    pub include_usage: bool,
+}
+
+/// Validates the request and converts it to the normalized form.
+pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
+    let model = match req.model {
+        Some(m) if !m.trim().is_empty() => m,
+        _ => return Err(invalid("you must provide a model parameter").with_param("model")),
+    };
+    let raw_messages = req
+        .messages
+        .ok_or_else(|| invalid("missing required parameter: 'messages'").with_param("messages"))?;
+    if raw_messages.is_empty() {
+        return Err(invalid("'messages' must contain at least one message").with_param("messages"));
+    }
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(invalid("only n = 1 is supported").with_param("n"));
+    }
+    let mut messages = Vec::with_capacity(raw_messages.len());
+    for (i, m) in raw_messages.into_iter().enumerate() {
+        let content = match m.content {
+            None => Vec::new(),
+            Some(OaiContent::Text(text)) => vec![ContentPart::Text { text }],
+            Some(OaiContent::Parts(parts)) => parts
+                .into_iter()
+                .map(|p| match p {
+                    OaiPart::Text { text } => ContentPart::Text { text },
+                    OaiPart::ImageUrl { image_url } => ContentPart::Image {
+                        url: image_url.url,
+                        detail: image_url.detail,
+                    },
+                })
+                .collect(),
+        };
+        messages.push(Message {
+            role: role(&m.role, i)?,
+            content,
+            name: m.name,
+            tool_calls: m
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| ToolCall {
+                    id: c.id,
+                    name: c.function.name,
+                    arguments: c.function.arguments,
+                })
+                .collect(),
+            tool_call_id: m.tool_call_id,
+        });
+    }
+    let mut tools = Vec::new();
+    for (i, t) in req.tools.unwrap_or_default().into_iter().enumerate() {
+        if t.kind.as_deref().is_some_and(|k| k != "function") {
+            return Err(invalid(format!("tools[{i}].type must be \"function\"")).with_param(format!("tools[{i}].type")));
+        }
+        tools.push(Tool {
+            name: t.function.name,
+            description: t.function.description,
+            parameters_json: t.function.parameters.map(|p| p.to_string()),
+        });
+    }
+    let tool_choice = req.tool_choice.as_ref().map(tool_choice).transpose()?;
+    let stop = match req.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    let stream = req.stream.unwrap_or(false);
+    Ok(Normalized {
+        include_usage: stream
+            && req
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+        request: ChatRequest {
+            model,
+            messages,
+            params: Params {
+                temperature: req.temperature,
+                top_p: req.top_p,
+                max_tokens: req.max_completion_tokens.or(req.max_tokens),
+                stop,
+                seed: req.seed,
+                presence_penalty: req.presence_penalty,
+                frequency_penalty: req.frequency_penalty,
+                user: req.user,
+            },
+            tools,
+            tool_choice,
+            stream,
+        },
+    })
+}
+
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop | FinishReason::Other => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
+    }
+}
+
+pub fn usage_json(usage: &Usage) -> Value {
+    let mut v = json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    });
+    if let Some(cached) = usage.cached_input_tokens {
+        v["prompt_tokens_details"] = json!({ "cached_tokens": cached });
+    }
+    v
+}
+
+/// A tool call being assembled from streamed fragments.
+#[derive(Debug, Default, Clone)]
+pub struct ToolCallAcc {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// Everything a non-streaming answer needs, accumulated from chunks.
+#[derive(Debug, Default)]
+pub struct Completion {
+    pub content: String,
+    pub saw_content: bool,
+    pub tool_calls: Vec<ToolCallAcc>,
+    pub finish_reason: Option<FinishReason>,
+    pub usage: Option<Usage>,
+}
+
+impl Completion {
+    pub fn add_tool_deltas(&mut self, deltas: &[ToolCallDelta]) {
+        for d in deltas {
+            let i = d.index as usize;
+            if self.tool_calls.len() <= i {
+                self.tool_calls.resize(i + 1, ToolCallAcc::default());
+            }
+            let call = &mut self.tool_calls[i];
+            if let Some(id) = &d.id {
+                call.id.clone_from(id);
+            }
+            if let Some(name) = &d.name {
+                call.name.push_str(name);
+            }
+            if let Some(args) = &d.arguments {
+                call.arguments.push_str(args);
+            }
+        }
+    }
+
+    /// The `chat.completion` object.
+    pub fn to_json(&self, id: &str, created: i64, model: &str, provider: Option<&str>) -> Value {
+        let mut message = json!({
+            "role": "assistant",
+            "content": if self.saw_content || self.tool_calls.is_empty() { Value::String(self.content.clone()) } else { Value::Null },
+            "refusal": null,
+        });
+        if !self.tool_calls.is_empty() {
+            message["tool_calls"] = Value::Array(
+                self.tool_calls
+                    .iter()
+                    .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                    .collect(),
+            );
+        }
+        let mut body = json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": message,
+                "logprobs": null,
+                "finish_reason": finish_reason(self.finish_reason.unwrap_or(FinishReason::Stop)),
+            }],
+        });
+        if let Some(u) = &self.usage {
+            body["usage"] = usage_json(u);
+        }
+        if let Some(p) = provider {
+            body["provider"] = Value::String(p.to_string());
+        }
+        body
+    }
+}
+
+/// One `chat.completion.chunk` with a single choice.
+pub fn chunk_json(
+    id: &str,
+    created: i64,
+    model: &str,
+    delta: Value,
+    finish: Option<FinishReason>,
+) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "delta": delta,
+            "logprobs": null,
+            "finish_reason": finish.map(finish_reason),
+        }],
+    })
+}
+
+/// The final usage chunk OpenAI sends when `stream_options.include_usage` is set.
+pub fn usage_chunk_json(id: &str, created: i64, model: &str, usage: &Usage) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage_json(usage),
+    })
+}
+
+/// The `delta` object of a streamed chunk.
+pub fn delta_json(delta: &schemas::Delta) -> Value {
+    let mut v = json!({});
+    if let Some(role) = delta.role {
+        v["role"] = json!(match role {
+            Role::System => "system",
+            Role::Developer => "developer",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        });
+    }
+    if let Some(c) = &delta.content {
+        v["content"] = Value::String(c.clone());
+    }
+    if !delta.tool_calls.is_empty() {
+        v["tool_calls"] = Value::Array(
+            delta
+                .tool_calls
+                .iter()
+                .map(|d| {
+                    let mut call = json!({ "index": d.index });
+                    if let Some(id) = &d.id {
+                        call["id"] = json!(id);
+                        call["type"] = json!("function");
+                    }
+                    let mut function = json!({});
+                    if let Some(name) = &d.name {
+                        function["name"] = json!(name);
+                    }
+                    if let Some(args) = &d.arguments {
+                        function["arguments"] = json!(args);
+                    }
+                    call["function"] = function;
+                    call
+                })
+                .collect(),
+        );
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let err = parse_body(br#"{"model":"openai/x","messages":[{"role":"user","content":5}]}"#).unwrap_err();
+        assert_eq!(err.0.kind, ErrorKind::InvalidRequest);
+        assert_eq!(err.0.param.as_deref(), Some("messages[0].content"));
+        let err = parse_body(br#"{"model": 7}"#).unwrap_err();
+        assert_eq!(err.0.param.as_deref(), Some("model"));
+        let err = parse_body(b"{not json").unwrap_err();
+        assert!(err.0.message.contains("not valid JSON"), "{}", err.0.message);
+        let err = parse_body(b"[1,2]").unwrap_err();
+        assert!(err.0.message.contains("JSON object"), "{}", err.0.message);
+    }
+
+    #[test]
+    fn normalizes_parts_tools_and_params() {
+        let req = parse_body(
+            br#"{"model":"openai/gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},
+                "max_tokens":5,"max_completion_tokens":9,"stop":"END","temperature":0.2,
+                "messages":[{"role":"system","content":"be brief"},
+                            {"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"https://x/y.png","detail":"low"}}]},
+                            {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},
+                            {"role":"tool","tool_call_id":"c1","content":"42"}],
+                "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],
+                "tool_choice":{"type":"function","function":{"name":"f"}}}"#,
+        )
+        .unwrap();
+        let n = normalize(req).unwrap();
+        assert!(n.include_usage);
+        let r = n.request;
+        assert!(r.stream);
+        assert_eq!(r.params.max_tokens, Some(9));
+        assert_eq!(r.params.stop, ["END"]);
+        assert_eq!(r.params.temperature, Some(0.2));
+        assert_eq!(r.messages.len(), 4);
+        assert_eq!(
+            r.messages[1].content[1],
+            ContentPart::Image { url: "https://x/y.png".into(), detail: Some("low".into()) }
+        );
+        assert_eq!(r.messages[2].tool_calls[0].name, "f");
+        assert_eq!(r.messages[3].tool_call_id.as_deref(), Some("c1"));
+        assert_eq!(r.tools[0].parameters_json.as_deref(), Some(r#"{"type":"object"}"#));
+        assert_eq!(r.tool_choice, Some(ToolChoice::Function { name: "f".into() }));
+    }
+
+    #[test]
+    fn rejects_missing_model_and_messages() {
+        let e = normalize(parse_body(br#"{"messages":[{"role":"user","content":"x"}]}"#).unwrap()).unwrap_err();
+        assert_eq!(e.0.param.as_deref(), Some("model"));
+        let e = normalize(parse_body(br#"{"model":"openai/x"}"#).unwrap()).unwrap_err();
+        assert_eq!(e.0.param.as_deref(), Some("messages"));
+        let e = normalize(parse_body(br#"{"model":"openai/x","messages":[{"role":"robot","content":"x"}]}"#).unwrap()).unwrap_err();
+        assert_eq!(e.0.param.as_deref(), Some("messages[0].role"));
+    }
+
+    #[test]
+    fn completion_assembles_tool_calls_by_index() {
+        let mut c = Completion::default();
+        c.add_tool_deltas(&[ToolCallDelta { index: 0, id: Some("a".into()), name: Some("f".into()), arguments: Some("{\"x\"".into()) }]);
+        c.add_tool_deltas(&[ToolCallDelta { index: 1, id: Some("b".into()), name: Some("g".into()), arguments: Some("{}".into()) }]);
+        c.add_tool_deltas(&[ToolCallDelta { index: 0, id: None, name: None, arguments: Some(":1}".into()) }]);
+        c.finish_reason = Some(FinishReason::ToolCalls);
+        let v = c.to_json("id", 1, "m", None);
+        let calls = &v["choices"][0]["message"]["tool_calls"];
+        assert_eq!(calls[0]["function"]["arguments"], "{\"x\":1}");
+        assert_eq!(calls[1]["id"], "b");
+        assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    }
+}

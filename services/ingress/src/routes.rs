@@ -1,0 +1,442 @@
+//! The HTTP routes and the request pipeline behind them.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use schemas::subjects::{self, ModelRoute};
+use schemas::{ErrorBody, ErrorKind, ReplyChunk, ReplyTarget, RequestEnvelope, SealKey, SealedRequest};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+use tokio::time::Instant as TokioInstant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::openai::{self, Completion};
+use crate::replies::{Registration, Replies};
+
+/// Everything a handler needs.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub seal: SealKey,
+    pub replies: Replies,
+    pub metrics: Metrics,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+type Shared = Arc<AppState>;
+
+/// The caller's header carrying their own provider key.
+pub const PROVIDER_KEY_HEADER: &str = "provider-key";
+
+pub fn router(state: Shared) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorKind::NotFound, "no such route").with_param("path")
+}
+
+async fn healthz(State(state): State<Shared>) -> Response {
+    match state.client.connection_state() {
+        async_nats::connection::State::Connected => {
+            axum::Json(serde_json::json!({"status": "ok"})).into_response()
+        }
+        other => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "unavailable", "nats": other.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Checks `Authorization: Bearer <key>` in constant time; returns the account.
+fn authenticate(headers: &HeaderMap, expected: &str) -> Result<String, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::new(
+            ErrorKind::Authentication,
+            "missing API key: send 'Authorization: Bearer <your Switchyard API key>'",
+        ));
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .unwrap_or_default();
+    if presented.is_empty() || !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        return Err(ApiError::new(ErrorKind::Authentication, "invalid Switchyard API key"));
+    }
+    Ok("dev".to_string())
+}
+
+async fn chat_completions(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    state.metrics.in_flight.inc();
+    let (response, stream) = match handle_chat(&state, &headers, body, started).await {
+        Ok((response, stream)) => (response, stream),
+        Err(e) => (e.into_response(), false),
+    };
+    state.metrics.in_flight.dec();
+    let route = "chat_completions".to_string();
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            status: response.status().as_u16(),
+            stream,
+        })
+        .inc();
+    if !stream {
+        state
+            .metrics
+            .duration
+            .get_or_create(&RouteLabels { route })
+            .observe(started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+/// Publishes the request and answers with the first reply chunk's outcome.
+async fn handle_chat(
+    state: &Shared,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    started: Instant,
+) -> Result<(Response, bool), ApiError> {
+    let account = authenticate(headers, &state.config.dev_api_key)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("request body is larger than the {} byte limit", state.config.max_body_bytes),
+            )
+        } else {
+            ApiError::new(ErrorKind::InvalidRequest, format!("cannot read request body: {rejection}"))
+        }
+    })?;
+    let normalized = openai::normalize(openai::parse_body(&body)?)?;
+    let request = normalized.request;
+    let subject = match subjects::route_model(&request.model)
+        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.to_string()).with_param("model"))?
+    {
+        ModelRoute::Closed { provider, .. } => subjects::closed_request(provider),
+        ModelRoute::Open { .. } => {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "the model '{}' does not exist: closed models are named openai/<model>, anthropic/<model> or google/<model>; no open models are served yet",
+                    request.model
+                ),
+            )
+            .with_param("model"));
+        }
+    };
+    let provider_key = headers
+        .get(PROVIDER_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Authentication,
+                "missing provider-key header: closed models are called with your own provider API key",
+            )
+        })?
+        .to_string();
+
+    let request_id = Uuid::now_v7();
+    let span = tracing::info_span!("chat", %request_id, model = %request.model, stream = request.stream);
+    let stream = request.stream;
+    let include_usage = normalized.include_usage;
+    let model = request.model.clone();
+    let now = Utc::now();
+    let timeout = state.config.request_timeout();
+    let deadline = TokioInstant::now() + timeout;
+
+    let sealed_plain = schemas::encode(&SealedRequest {
+        request,
+        provider_key: Some(provider_key),
+    })
+    .map_err(internal)?;
+    let body = state.seal.seal(request_id, &sealed_plain).map_err(internal)?;
+    drop(sealed_plain);
+    let envelope = RequestEnvelope {
+        schema_version: schemas::SCHEMA_VERSION,
+        request_id,
+        account,
+        created_at: now,
+        deadline: now + chrono::Duration::from_std(timeout).map_err(internal)?,
+        reply: ReplyTarget::Stream {
+            subject: state.replies.subject(request_id),
+        },
+        model: model.clone(),
+        body,
+    };
+    let payload = schemas::encode(&envelope).map_err(internal)?;
+
+    async move {
+        // Register before publishing, so no reply can arrive unrouted.
+        let mut registration = state.replies.register(request_id);
+        publish(state, &subject, request_id, payload).await?;
+
+        let first = next_chunk(&mut registration, deadline).await?;
+        state
+            .metrics
+            .first_chunk
+            .get_or_create(&RouteLabels { route: "chat_completions".into() })
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(error) = first.error {
+            return Err(ApiError::from(error));
+        }
+        let context = ReplyContext {
+            id: format!("chatcmpl-{}", request_id.simple()),
+            created: now.timestamp(),
+            model,
+            provider: first.provider.clone(),
+        };
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
+            headers.insert("x-request-id", v);
+        }
+        if let Some(p) = context.provider.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
+            headers.insert("x-switchyard-provider", p);
+        }
+        if let Some(m) = first.model.as_deref().and_then(|m| HeaderValue::from_str(m).ok()) {
+            headers.insert("x-switchyard-served-model", m);
+        }
+        if stream {
+            let events = stream_events(state, registration, first, context, include_usage, deadline, started);
+            Ok(((headers, Sse::new(events).keep_alive(KeepAlive::default())).into_response(), true))
+        } else {
+            let completion = collect(&mut registration, first, deadline).await?;
+            let body = completion.to_json(&context.id, context.created, &context.model, context.provider.as_deref());
+            Ok(((headers, axum::Json(body)).into_response(), false))
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "internal error");
+    ApiError::new(ErrorKind::Internal, "internal error")
+}
+
+/// JetStream publish with an awaited PubAck; `Nats-Msg-Id` deduplicates retries.
+async fn publish(state: &AppState, subject: &str, id: Uuid, payload: Vec<u8>) -> Result<(), ApiError> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "cannot queue request");
+        let mut body = ErrorBody::new(ErrorKind::Unavailable, "the request queue is unavailable; retry shortly");
+        body.retry_after_ms = Some(1000);
+        ApiError::from(body)
+    };
+    let message = jetstream::message::PublishMessage::build()
+        .payload(payload.into())
+        .message_id(id.to_string());
+    let ack = state
+        .js
+        .send_publish(subject.to_string(), message)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    match tokio::time::timeout(state.config.publish_timeout(), ack).await {
+        Ok(Ok(_ack)) => Ok(()),
+        Ok(Err(e)) => Err(unavailable(&e)),
+        Err(_) => Err(unavailable(&"timed out waiting for the JetStream acknowledgement")),
+    }
+}
+
+/// The next chunk, or a 504 when the deadline passes first.
+async fn next_chunk(registration: &mut Registration, deadline: TokioInstant) -> Result<ReplyChunk, ApiError> {
+    match tokio::time::timeout_at(deadline, registration.rx.recv()).await {
+        Ok(Some(chunk)) => Ok(chunk),
+        Ok(None) => Err(ApiError::new(ErrorKind::Unavailable, "the ingress is shutting down")),
+        Err(_) => Err(ApiError::new(ErrorKind::Timeout, "no answer from a worker before the request deadline")),
+    }
+}
+
+/// Fields every chunk of one answer repeats.
+#[derive(Debug, Clone)]
+struct ReplyContext {
+    id: String,
+    created: i64,
+    model: String,
+    provider: Option<String>,
+}
+
+/// Checks the chunk order: `seq` grows by one; an error chunk ends the reply whatever its seq.
+fn in_order(chunk: &ReplyChunk, expected: u32) -> Result<(), ApiError> {
+    if chunk.error.is_none() && chunk.seq != expected {
+        return Err(ApiError::new(
+            ErrorKind::Internal,
+            format!("reply chunks were lost (expected {expected}, got {})", chunk.seq),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads chunks to the last one and assembles a non-streaming answer.
+async fn collect(
+    registration: &mut Registration,
+    first: ReplyChunk,
+    deadline: TokioInstant,
+) -> Result<Completion, ApiError> {
+    let mut completion = Completion::default();
+    let mut chunk = first;
+    let mut expected = 0u32;
+    loop {
+        if chunk.seq == 0 && chunk.error.is_none() {
+            // A redelivered request starts over from seq 0: nothing was sent yet, so restart.
+            completion = Completion::default();
+            expected = 0;
+        }
+        in_order(&chunk, expected)?;
+        if let Some(error) = chunk.error {
+            return Err(ApiError::from(error));
+        }
+        if let Some(delta) = &chunk.delta {
+            if let Some(c) = &delta.content {
+                completion.content.push_str(c);
+                completion.saw_content = true;
+            }
+            completion.add_tool_deltas(&delta.tool_calls);
+        }
+        if chunk.finish_reason.is_some() {
+            completion.finish_reason = chunk.finish_reason;
+        }
+        if chunk.usage.is_some() {
+            completion.usage = chunk.usage;
+        }
+        if chunk.last {
+            return Ok(completion);
+        }
+        expected += 1;
+        chunk = next_chunk(registration, deadline).await?;
+    }
+}
+
+fn event(value: &serde_json::Value) -> Event {
+    Event::default().data(value.to_string())
+}
+
+/// Turns reply chunks into OpenAI SSE events, ending with `data: [DONE]`. A task
+/// forwards them so a caller who goes away is noticed (the send fails) and the worker
+/// is told to stop (`cancel.<request>`).
+fn stream_events(
+    state: &Shared,
+    mut registration: Registration,
+    first: ReplyChunk,
+    ctx: ReplyContext,
+    include_usage: bool,
+    deadline: TokioInstant,
+    started: Instant,
+) -> impl futures::Stream<Item = Result<Event, Infallible>> + use<> {
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    let client = state.client.clone();
+    let shared = state.clone();
+    let request_id = registration.id;
+    state.tracker.spawn(
+        async move {
+            let mut chunk = first;
+            let mut expected = 0u32;
+            let mut usage = None;
+            let finished = loop {
+                if let Err(e) = in_order(&chunk, expected) {
+                    break Err(e);
+                }
+                if let Some(error) = chunk.error.take() {
+                    break Err(ApiError::from(error));
+                }
+                if chunk.usage.is_some() {
+                    usage = chunk.usage;
+                }
+                let delta = chunk.delta.as_ref().map(openai::delta_json);
+                let has_delta = delta.as_ref().is_some_and(|d| d.as_object().is_some_and(|o| !o.is_empty()));
+                if has_delta || chunk.finish_reason.is_some() {
+                    let body = openai::chunk_json(
+                        &ctx.id,
+                        ctx.created,
+                        &ctx.model,
+                        delta.unwrap_or_else(|| serde_json::json!({})),
+                        chunk.finish_reason,
+                    );
+                    if tx.send(event(&body)).await.is_err() {
+                        break Ok(false);
+                    }
+                }
+                if chunk.last {
+                    break Ok(true);
+                }
+                expected += 1;
+                chunk = match next_chunk(&mut registration, deadline).await {
+                    Ok(c) => c,
+                    Err(e) => break Err(e),
+                };
+            };
+            match finished {
+                Ok(true) => {
+                    if include_usage {
+                        if let Some(u) = &usage {
+                            let _ = tx.send(event(&openai::usage_chunk_json(&ctx.id, ctx.created, &ctx.model, u))).await;
+                        }
+                    }
+                    let _ = tx.send(Event::default().data("[DONE]")).await;
+                }
+                Ok(false) => {
+                    tracing::info!("caller went away; cancelling");
+                    let _ = client.publish(subjects::cancel(request_id), Bytes::new()).await;
+                }
+                Err(e) => {
+                    // OpenAI's SDKs raise on an event carrying `error`.
+                    let _ = tx.send(event(&e.openai_body())).await;
+                }
+            }
+            shared
+                .metrics
+                .duration
+                .get_or_create(&RouteLabels { route: "chat_completions".into() })
+                .observe(started.elapsed().as_secs_f64());
+        }
+        .in_current_span(),
+    );
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
+}

@@ -1,0 +1,55 @@
+"""Fixtures: the real Switchyard stack (nats-server, translator, ingress, mock OpenAI
+provider) from infra/stack.py, on free ports in a temp dir, once per test module.
+
+Binaries come from $SWITCHYARD_BIN_DIR (set by `just test`), else cargo's debug dir.
+Missing binaries or a stack that does not come up are errors, never skips.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+REPO = Path(__file__).resolve().parents[4]
+sys.path.insert(0, str(REPO / "infra"))
+
+import stack  # noqa: E402  (infra/stack.py)
+
+
+@pytest.fixture(scope="module")
+def canary() -> str:
+    """The caller's provider key: unique, so finding it anywhere on disk is a leak."""
+    return f"sk-canary-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="module")
+def sy(tmp_path_factory: pytest.TempPathFactory, canary: str):
+    """The running stack; the mock provider only accepts the canary key."""
+    cfg = stack.StackConfig.ephemeral(
+        tmp_path_factory.mktemp("stack"),
+        bin_dir=stack.default_bin_dir(),
+        mock_api_key=canary,
+        # Debug logs from every crate: more log lines, more chances to catch a leak.
+        rust_log="debug",
+    )
+    with stack.Stack(cfg) as s:
+        yield s
+
+
+def make_client(sy: stack.Stack, provider_key: str, api_key: str | None = None) -> OpenAI:
+    return OpenAI(
+        base_url=sy.api_base,
+        api_key=api_key or sy.dev_api_key,
+        default_headers={"provider-key": provider_key},
+        max_retries=0,
+        timeout=30,
+    )
+
+
+@pytest.fixture
+def client(sy: stack.Stack, canary: str) -> OpenAI:
+    return make_client(sy, canary)

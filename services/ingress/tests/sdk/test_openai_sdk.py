@@ -1,0 +1,196 @@
+"""The official OpenAI SDK against the real stack: ingress -> JetStream -> translator ->
+mock OpenAI provider, and back.
+
+The mock is deterministic: the reply is "echo: " + the last user message; usage
+prompt_tokens = whitespace-separated words over all message texts, completion_tokens =
+the number of chunks (4 by default).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import openai
+import pytest
+
+from conftest import make_client
+
+MODEL = "openai/gpt-4o-mini"
+MOCK_CHUNKS = 4
+
+
+def conversation(prompt: str) -> list[dict]:
+    return [
+        {"role": "system", "content": "You are a terse assistant."},
+        {"role": "user", "content": prompt},
+    ]
+
+
+def expected_prompt_tokens(messages: list[dict]) -> int:
+    return sum(len(m["content"].split()) for m in messages)
+
+
+def test_chat_completion(client):
+    prompt = f"Say hello to the switchyard {uuid.uuid4().hex[:8]}"
+    messages = conversation(prompt)
+
+    resp = client.chat.completions.create(model=MODEL, messages=messages)
+
+    assert len(resp.choices) == 1
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == f"echo: {prompt}"
+    assert choice.finish_reason == "stop"
+    assert resp.usage is not None
+    assert resp.usage.prompt_tokens == expected_prompt_tokens(messages) == 10
+    assert resp.usage.completion_tokens == MOCK_CHUNKS
+    assert resp.usage.total_tokens == 10 + MOCK_CHUNKS
+
+
+def test_chat_completion_stream(client):
+    prompt = f"Stream this back to me {uuid.uuid4().hex[:8]}"
+    messages = conversation(prompt)
+
+    stream = client.chat.completions.create(
+        model=MODEL, messages=messages, stream=True, stream_options={"include_usage": True}
+    )
+    content, content_chunks, finish_reasons, usages = "", 0, [], []
+    for chunk in stream:
+        if chunk.usage is not None:
+            usages.append(chunk.usage)
+        for choice in chunk.choices:
+            if choice.delta.content:
+                content += choice.delta.content
+                content_chunks += 1
+            if choice.finish_reason is not None:
+                finish_reasons.append(choice.finish_reason)
+
+    assert content == f"echo: {prompt}"
+    assert content_chunks >= 2, "the answer should arrive in several chunks"
+    assert finish_reasons and finish_reasons[-1] == "stop"
+    assert len(usages) == 1
+    assert usages[0].prompt_tokens == expected_prompt_tokens(messages)
+    assert usages[0].completion_tokens == MOCK_CHUNKS
+    assert usages[0].total_tokens == expected_prompt_tokens(messages) + MOCK_CHUNKS
+
+
+def test_provider_rate_limit_is_429_with_retry_after(client):
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model="openai/mock-error-429", messages=conversation("hi"))
+    assert err.value.status_code == 429
+    retry_after = err.value.response.headers.get("retry-after")
+    assert retry_after is not None, "a 429 must tell the caller when to retry"
+    assert int(retry_after) >= 1
+
+
+def test_provider_server_error(client):
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="openai/mock-error-500", messages=conversation("hi"))
+    assert err.value.status_code >= 500
+
+
+def test_wrong_provider_key(sy):
+    wrong = make_client(sy, provider_key=f"sk-wrong-{uuid.uuid4().hex}")
+    with pytest.raises(openai.AuthenticationError) as err:
+        wrong.chat.completions.create(model=MODEL, messages=conversation("hi"))
+    assert err.value.status_code == 401
+
+
+def test_wrong_switchyard_api_key(sy, canary):
+    wrong = make_client(sy, provider_key=canary, api_key=f"sy-dev-{uuid.uuid4().hex}")
+    with pytest.raises(openai.AuthenticationError) as err:
+        wrong.chat.completions.create(model=MODEL, messages=conversation("hi"))
+    assert err.value.status_code == 401
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="nosuch/model", messages=conversation("hi"))
+    assert err.value.status_code == 404
+
+
+def test_metrics_endpoint(sy):
+    with urllib.request.urlopen(f"{sy.ingress_url}/metrics", timeout=5) as r:
+        assert r.status == 200
+        assert r.read().strip(), "metrics should not be empty"
+
+
+# --- secrets at rest ------------------------------------------------------------------
+# Last in the file on purpose: it stops and restarts the translator, and its log check
+# covers the traffic of every test above.
+
+
+def _requests_pending(sy) -> int:
+    url = f"{sy.nats_monitor_url}/jsz?streams=true"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        jsz = json.load(r)
+    return sum(
+        s["state"]["messages"]
+        for acct in jsz.get("account_details", [])
+        for s in acct.get("stream_detail", [])
+        if s["name"] == "REQUESTS"
+    )
+
+
+def _all_bytes(root: Path, skip: set[Path] = frozenset()) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p not in skip}
+
+
+def test_provider_key_and_prompt_never_at_rest(sy, client, canary):
+    # REQUESTS is a work queue: once the translator acks a request, the message is
+    # deleted and may or may not still sit in a block file — a search after the fact
+    # proves nothing either way. So stop the translator first: the request then waits,
+    # unacked, in the stream while we read the store. single.conf sets
+    # sync_interval: always, so the PubAck that let the ingress go on means the message
+    # is written to the block file. The clear-text model id in the envelope must be
+    # found there (proves the search sees stored messages); the provider key and the
+    # prompt, which are sealed, must not.
+    prompt = f"the secret prompt {uuid.uuid4().hex}"
+    sy.stop_service("translator")
+    result: dict = {}
+
+    def call() -> None:
+        try:
+            result["resp"] = client.chat.completions.create(model=MODEL, messages=conversation(prompt))
+        except Exception as e:  # reported by the main thread below
+            result["error"] = e
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    try:
+        deadline = time.monotonic() + 15
+        while _requests_pending(sy) == 0:
+            assert time.monotonic() < deadline, "the request never reached the REQUESTS stream"
+            assert caller.is_alive(), f"the call ended without a translator: {result}"
+            time.sleep(0.05)
+
+        store = _all_bytes(sy.nats_store_dir)
+        assert store, f"nothing under {sy.nats_store_dir}"
+        assert any(MODEL.encode() in data for data in store.values()), (
+            "the clear-text model id was not found in the store: the search cannot see messages"
+        )
+        for path, data in store.items():
+            assert canary.encode() not in data, f"provider key at rest in {path}"
+            assert prompt.encode() not in data, f"prompt at rest in {path}"
+    finally:
+        sy.start_service("translator")
+        caller.join(30)
+
+    assert not caller.is_alive(), "the held request did not finish after the translator came back"
+    assert "error" not in result, f"the held request failed: {result.get('error')!r}"
+    assert result["resp"].choices[0].message.content == f"echo: {prompt}"
+
+    # Logs and every other file the stack wrote (keys, store, logs of all services and of
+    # nats-server) — except the mock provider's own log: it plays OpenAI, which is
+    # meant to receive the key.
+    files = _all_bytes(sy.run_dir, skip={sy.logs["mock-provider"]})
+    assert sy.logs["ingress"] in files and files[sy.logs["ingress"]], "the ingress wrote no log"
+    assert sy.logs["translator"] in files and files[sy.logs["translator"]], "the translator wrote no log"
+    for path, data in files.items():
+        assert canary.encode() not in data, f"provider key found in {path}"
+        assert prompt.encode() not in data, f"prompt found in {path}"

@@ -1,0 +1,86 @@
+//! Translator configuration: flags, each also read from the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use schemas::SealKey;
+
+/// Closed-model worker: pulls `req.closed.<provider>` from JetStream, calls the
+/// provider with the caller's key, and streams the answer back.
+#[derive(Clone, Parser)]
+#[command(name = "switchyard-translator", version, about)]
+pub struct Config {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// AES-256-GCM key that opens request bodies (base64 of 32 bytes); the ingress holds
+    /// the same key.
+    #[arg(long, env = "SWITCHYARD_SEAL_KEY", hide_env_values = true, required_unless_present = "seal_key_file")]
+    pub seal_key: Option<String>,
+
+    /// File holding the seal key (base64), instead of `SWITCHYARD_SEAL_KEY`.
+    #[arg(long, env = "SWITCHYARD_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<PathBuf>,
+
+    /// OpenAI API base URL; the translator POSTs `{base}/chat/completions`.
+    #[arg(long, env = "SWITCHYARD_OPENAI_BASE_URL", default_value = "https://api.openai.com/v1")]
+    pub openai_base_url: String,
+
+    /// Address of the health and metrics endpoint (`/healthz`, `/metrics`).
+    #[arg(long, env = "TRANSLATOR_BIND", default_value = "127.0.0.1:8081")]
+    pub bind: SocketAddr,
+
+    /// Requests handled at once by this process.
+    #[arg(long, env = "TRANSLATOR_CONCURRENCY", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+
+    /// Seconds to wait for a provider to accept a connection.
+    #[arg(long, env = "TRANSLATOR_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
+    pub connect_timeout_secs: u64,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("nats_url", &self.nats_url)
+            .field("openai_base_url", &self.openai_base_url)
+            .field("bind", &self.bind)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("seal key: {0}")]
+    SealKey(#[from] schemas::SealError),
+    #[error("provider base URL {0:?} must start with http:// or https://")]
+    BaseUrl(String),
+}
+
+impl Config {
+    /// The seal key, from the environment or the key file.
+    pub fn seal_key(&self) -> Result<SealKey, ConfigError> {
+        Ok(SealKey::load(self.seal_key.as_deref(), self.seal_key_file.as_deref())?)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.seal_key()?;
+        for url in [&self.openai_base_url] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::BaseUrl(url.clone()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! Switchyard's closed-model worker.
+//!
+//! - [`config`]: flags and environment.
+//! - [`worker`]: pulls `req.closed.>` from the REQUESTS stream (durable consumer
+//!   `translator`), opens the sealed body, calls the provider, acks after the reply is
+//!   out; poison messages are terminated and copied to the dead-letter stream.
+//! - [`providers`]: one module per provider's wire format (OpenAI for now).
+//! - [`sink`]: numbered reply chunks to `reply.<ingress>.<request>`.
+//! - [`metrics`]: Prometheus metrics, served with `/healthz` on `TRANSLATOR_BIND`.
+//!
+//! Provider errors are answered to the caller (with `Retry-After` where the provider
+//! gave one) and the message is acked: the caller already has an answer, and running
+//! it again later would answer nobody.
+
+pub mod config;
+pub mod metrics;
+pub mod providers;
+pub mod sink;
+pub mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// Why the translator could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("{0}")]
+    Consumer(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(reqwest::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("consuming failed: {0}")]
+    Consume(async_nats::Error),
+}
+
+/// How long requests in progress get to finish after shutdown is signalled.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct Health {
+    worker: Arc<worker::Worker>,
+    consuming: AtomicBool,
+}
+
+/// Connects, serves `/healthz` and `/metrics` on `config.bind`, and consumes until
+/// `shutdown`; then stops pulling, lets requests in progress finish, and returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    serve(listener, config, shutdown).await
+}
+
+/// Like [`run`] with the health listener given (tests bind port 0).
+pub async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    config.validate()?;
+    let seal = config.seal_key()?;
+    let client = async_nats::ConnectOptions::new()
+        .name("switchyard-translator")
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| Error::Connect {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    let js = async_nats::jetstream::new(client.clone());
+    let consumer = worker::consumer(&js).await.map_err(Error::Consumer)?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout())
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(Error::Http)?;
+    let worker = Arc::new(worker::Worker {
+        openai: providers::openai::OpenAi::new(http, &config.openai_base_url),
+        client,
+        js,
+        seal,
+        metrics: metrics::Metrics::default(),
+    });
+    let health = Arc::new(Health {
+        worker: worker.clone(),
+        consuming: AtomicBool::new(false),
+    });
+    let tracker = TaskTracker::new();
+    let app = axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .with_state(health.clone());
+    let http_shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+        {
+            tracing::warn!(error = %e, "health endpoint stopped");
+        }
+    });
+    health.consuming.store(true, Ordering::Relaxed);
+    tracing::info!(concurrency = config.concurrency, "translator consuming");
+    let result = worker::consume(worker, consumer, config.concurrency as usize, &tracker, shutdown.clone()).await;
+    health.consuming.store(false, Ordering::Relaxed);
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
+        tracing::warn!("requests in progress did not finish within the drain timeout; they will be redelivered");
+    }
+    tracing::info!("translator stopped");
+    result.map_err(Error::Consume)
+}
+
+async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let connected = matches!(
+        health.worker.client.connection_state(),
+        async_nats::connection::State::Connected
+    );
+    if connected && health.consuming.load(Ordering::Relaxed) {
+        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "unavailable"})),
+        )
+    }
+}
+
+async fn metrics_text(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        health.worker.metrics.render(),
+    )
+}

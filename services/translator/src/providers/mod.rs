@@ -1,0 +1,89 @@
+//! One module per provider. Each turns a [`schemas::ChatRequest`] into the provider's
+//! wire format, calls it with the caller's key, and sends the answer to a
+//! [`crate::sink::ChunkSink`]. Errors come back as [`schemas::ErrorBody`] with the kind
+//! the ingress maps to a status.
+
+pub mod openai;
+
+use schemas::{ErrorBody, ErrorKind};
+
+/// Parses a `Retry-After` (seconds) or `retry-after-ms` header into milliseconds.
+pub fn retry_after_ms(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    {
+        return Some(ms.max(0.0).ceil() as u64);
+    }
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| (s.max(0.0) * 1000.0).ceil() as u64)
+}
+
+/// The kind of error a provider's HTTP status means for our caller.
+pub fn kind_for_status(status: u16) -> ErrorKind {
+    match status {
+        400 | 422 => ErrorKind::InvalidRequest,
+        401 => ErrorKind::Authentication,
+        403 => ErrorKind::PermissionDenied,
+        404 => ErrorKind::NotFound,
+        413 => ErrorKind::PayloadTooLarge,
+        429 => ErrorKind::RateLimited,
+        408 | 504 => ErrorKind::Timeout,
+        503 | 529 => ErrorKind::Unavailable,
+        _ => ErrorKind::Upstream,
+    }
+}
+
+/// Removes the caller's key from text a provider sent back (some echo a masked form;
+/// never trust that they mask it).
+pub fn scrub(text: &str, key: &str) -> String {
+    if key.len() >= 4 && text.contains(key) {
+        text.replace(key, "<redacted>")
+    } else {
+        text.to_string()
+    }
+}
+
+/// An error for a transport failure before any answer.
+pub fn transport_error(provider: &str, err: &reqwest::Error) -> ErrorBody {
+    let kind = if err.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Upstream
+    };
+    // reqwest's Display names the URL, never headers: safe to pass on.
+    ErrorBody::new(kind, format!("cannot reach {provider}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn retry_after_prefers_milliseconds() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after_ms(&h), Some(2000));
+        h.insert("retry-after-ms", HeaderValue::from_static("1500"));
+        assert_eq!(retry_after_ms(&h), Some(1500));
+        assert_eq!(retry_after_ms(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        assert_eq!(kind_for_status(401), ErrorKind::Authentication);
+        assert_eq!(kind_for_status(429), ErrorKind::RateLimited);
+        assert_eq!(kind_for_status(500), ErrorKind::Upstream);
+        assert_eq!(kind_for_status(503), ErrorKind::Unavailable);
+    }
+
+    #[test]
+    fn scrub_removes_the_key() {
+        assert_eq!(scrub("bad key sk-secret-123", "sk-secret-123"), "bad key <redacted>");
+    }
+}

@@ -1,0 +1,94 @@
+//! Sends a request's reply chunks, numbered, to its reply subject.
+
+use bytes::Bytes;
+use schemas::{Delta, ErrorBody, FinishReason, ReplyChunk, Usage};
+use uuid::Uuid;
+
+/// The reply stream of one request. Chunks go out over core NATS in order (one
+/// publisher, one connection); `seq` lets the ingress check that none were lost.
+#[derive(Debug)]
+pub struct ChunkSink {
+    client: async_nats::Client,
+    subject: String,
+    request_id: Uuid,
+    seq: u32,
+    provider: &'static str,
+    finished: bool,
+}
+
+/// The reply subject cannot be published to (NATS is down or the connection closed).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot send reply: {0}")]
+pub struct SendError(String);
+
+impl ChunkSink {
+    pub fn new(client: async_nats::Client, subject: String, request_id: Uuid, provider: &'static str) -> Self {
+        Self {
+            client,
+            subject,
+            request_id,
+            seq: 0,
+            provider,
+            finished: false,
+        }
+    }
+
+    /// Whether anything reached the caller yet (retrying is safe only before).
+    pub fn started(&self) -> bool {
+        self.seq > 0
+    }
+
+    /// Whether the last chunk was sent.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Sends one chunk; the first names the provider and `served_model`.
+    pub async fn send(
+        &mut self,
+        delta: Option<Delta>,
+        finish_reason: Option<FinishReason>,
+        usage: Option<Usage>,
+        served_model: Option<&str>,
+        last: bool,
+    ) -> Result<(), SendError> {
+        let mut chunk = ReplyChunk::new(self.request_id, self.seq);
+        chunk.delta = delta;
+        chunk.finish_reason = finish_reason;
+        chunk.usage = usage;
+        chunk.last = last;
+        if self.seq == 0 {
+            chunk.provider = Some(self.provider.to_string());
+            chunk.model = served_model.map(str::to_string);
+        }
+        self.publish(&chunk).await
+    }
+
+    /// Sends `error` as the last chunk.
+    pub async fn fail(&mut self, error: ErrorBody) -> Result<(), SendError> {
+        let mut chunk = ReplyChunk::failure(self.request_id, self.seq, error);
+        if self.seq == 0 {
+            chunk.provider = Some(self.provider.to_string());
+        }
+        self.publish(&chunk).await
+    }
+
+    async fn publish(&mut self, chunk: &ReplyChunk) -> Result<(), SendError> {
+        if self.finished {
+            return Ok(());
+        }
+        let payload = schemas::encode(chunk).map_err(|e| SendError(e.to_string()))?;
+        self.client
+            .publish(self.subject.clone(), Bytes::from(payload))
+            .await
+            .map_err(|e| SendError(e.to_string()))?;
+        self.seq += 1;
+        self.finished = chunk.last;
+        Ok(())
+    }
+
+    /// Waits until everything sent so far has reached the server.
+    pub async fn flush(&self) -> Result<(), SendError> {
+        self.client.flush().await.map_err(|e| SendError(e.to_string()))
+    }
+}
