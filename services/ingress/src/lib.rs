@@ -94,6 +94,13 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%addr, ingress_id = %ingress_id, "ingress listening");
     let app = routes::router(state);
+    // SSE chunks are small: without TCP_NODELAY, Nagle holds each one back until the
+    // previous one is acknowledged.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await

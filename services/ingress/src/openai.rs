@@ -129,6 +129,14 @@ fn invalid(message: impl Into<String>) -> ApiError {
 
 /// Parses a request body; every failure is a 400 naming the field at fault.
 pub fn parse_body(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+    // serde would read a struct from a JSON array by position: accept objects only.
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(b'[' | b'"' | b'0'..=b'9' | b'-' | b't' | b'f' | b'n') => {
+            return Err(invalid("request body must be a JSON object"));
+        }
+        _ => return Err(invalid("request body is not valid JSON: expected an object")),
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();

@@ -127,7 +127,7 @@ impl OpenAi {
                 Err(e) => {
                     return Err(Failure::Reply(ErrorBody::new(
                         ErrorKind::Upstream,
-                        format!("openai stream broke: {}", scrub(&e.to_string(), key)),
+                        format!("openai's stream broke before [DONE] ({}): the answer may be incomplete", scrub(&e.to_string(), key)),
                     )));
                 }
             };
