@@ -83,11 +83,20 @@ pub struct Definitions {
 
 /// The definitions compiled into this build, identical to the files beside the crate.
 const EMBEDDED: &[(&str, &str)] = &[
-    ("streams/REQUESTS.json", include_str!("../streams/REQUESTS.json")),
+    (
+        "streams/REQUESTS.json",
+        include_str!("../streams/REQUESTS.json"),
+    ),
     ("streams/BATCH.json", include_str!("../streams/BATCH.json")),
-    ("streams/RESULTS.json", include_str!("../streams/RESULTS.json")),
+    (
+        "streams/RESULTS.json",
+        include_str!("../streams/RESULTS.json"),
+    ),
     ("streams/USAGE.json", include_str!("../streams/USAGE.json")),
-    ("streams/DEADLETTER.json", include_str!("../streams/DEADLETTER.json")),
+    (
+        "streams/DEADLETTER.json",
+        include_str!("../streams/DEADLETTER.json"),
+    ),
     (
         "consumers/REQUESTS/translator.json",
         include_str!("../consumers/REQUESTS/translator.json"),
@@ -273,9 +282,21 @@ mod tests {
             s.sort();
             s
         };
-        assert_eq!(names(&embedded), names(&loaded), "add new files to EMBEDDED");
-        assert_eq!(embedded.consumers.len(), loaded.consumers.len(), "add new files to EMBEDDED");
-        assert_eq!(embedded.kv.len(), loaded.kv.len(), "add new files to EMBEDDED");
+        assert_eq!(
+            names(&embedded),
+            names(&loaded),
+            "add new files to EMBEDDED"
+        );
+        assert_eq!(
+            embedded.consumers.len(),
+            loaded.consumers.len(),
+            "add new files to EMBEDDED"
+        );
+        assert_eq!(
+            embedded.kv.len(),
+            loaded.kv.len(),
+            "add new files to EMBEDDED"
+        );
         assert_eq!(
             names(&embedded),
             ["BATCH", "DEADLETTER", "REQUESTS", "RESULTS", "USAGE"]
@@ -287,12 +308,18 @@ mod tests {
         let defs = Definitions::embedded().unwrap();
         let requests = defs.streams.iter().find(|s| s.name == "REQUESTS").unwrap();
         assert_eq!(requests.subjects, ["req.>"]);
-        assert_eq!(requests.retention, jetstream::stream::RetentionPolicy::WorkQueue);
+        assert_eq!(
+            requests.retention,
+            jetstream::stream::RetentionPolicy::WorkQueue
+        );
         assert_eq!(requests.max_age, Duration::from_secs(300));
         assert_eq!(requests.duplicate_window, Duration::from_secs(120));
         let translator = &defs.consumers[0];
         assert_eq!(translator.stream, "REQUESTS");
-        assert_eq!(translator.config.durable_name.as_deref(), Some("translator"));
+        assert_eq!(
+            translator.config.durable_name.as_deref(),
+            Some("translator")
+        );
         assert_eq!(translator.config.filter_subject, "req.closed.>");
         assert_eq!(translator.config.ack_wait, Duration::from_secs(30));
         let instances = defs.kv.iter().find(|k| k.bucket == "instances").unwrap();

@@ -98,7 +98,10 @@ impl NatsServer {
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
-                    return Err(format!("nats-server did not listen within 10 s; see {}", log.display()));
+                    return Err(format!(
+                        "nats-server did not listen within 10 s; see {}",
+                        log.display()
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

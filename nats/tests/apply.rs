@@ -1,6 +1,13 @@
 //! `apply` against a real nats-server: everything exists afterwards, and a second run
 //! changes nothing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
 use async_nats::jetstream;
 use switchyard_nats::testing::NatsServer;
 use switchyard_nats::{Definitions, apply};
@@ -20,7 +27,10 @@ async fn apply_is_idempotent_and_creates_everything() {
     let mut requests = js.get_stream("REQUESTS").await.unwrap();
     let info = requests.info().await.unwrap();
     assert_eq!(info.config.subjects, ["req.>"]);
-    assert_eq!(info.config.retention, jetstream::stream::RetentionPolicy::WorkQueue);
+    assert_eq!(
+        info.config.retention,
+        jetstream::stream::RetentionPolicy::WorkQueue
+    );
 
     let mut consumer: jetstream::consumer::PullConsumer =
         requests.get_consumer("translator").await.unwrap();

@@ -148,5 +148,7 @@ pub enum ToolChoice {
     None,
     Required,
     /// Must call this function.
-    Function { name: String },
+    Function {
+        name: String,
+    },
 }

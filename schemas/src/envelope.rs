@@ -64,7 +64,10 @@ impl std::fmt::Debug for SealedRequest {
         f.debug_struct("SealedRequest")
             .field("model", &self.request.model)
             .field("messages", &self.request.messages.len())
-            .field("provider_key", &self.provider_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "provider_key",
+                &self.provider_key.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }

@@ -82,7 +82,10 @@ impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::RateLimited | ErrorKind::Upstream | ErrorKind::Unavailable | ErrorKind::Timeout
+            ErrorKind::RateLimited
+                | ErrorKind::Upstream
+                | ErrorKind::Unavailable
+                | ErrorKind::Timeout
         )
     }
 

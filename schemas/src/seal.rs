@@ -49,7 +49,9 @@ pub struct SealKey {
 
 impl std::fmt::Debug for SealKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("SealKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,15 +142,15 @@ mod tests {
         let id = Uuid::now_v7();
         let sealed = key.seal(id, b"secret prompt").unwrap();
         assert!(
-            !sealed
-                .ciphertext
-                .windows(6)
-                .any(|w| w == b"secret"),
+            !sealed.ciphertext.windows(6).any(|w| w == b"secret"),
             "ciphertext must not contain the plaintext"
         );
         assert_eq!(key.open(id, &sealed).unwrap(), b"secret prompt");
         // Another request id (additional data) does not open it.
-        assert!(matches!(key.open(Uuid::now_v7(), &sealed), Err(SealError::Open)));
+        assert!(matches!(
+            key.open(Uuid::now_v7(), &sealed),
+            Err(SealError::Open)
+        ));
         // Another key does not open it.
         let other = SealKey::from_base64("default", &SealKey::generate_base64()).unwrap();
         assert!(matches!(other.open(id, &sealed), Err(SealError::Open)));
@@ -160,13 +162,24 @@ mod tests {
 
     #[test]
     fn bad_keys_are_rejected() {
-        assert!(matches!(SealKey::from_base64("k", "not base64!"), Err(SealError::BadKey)));
-        assert!(matches!(SealKey::from_base64("k", "AAAA"), Err(SealError::BadKey)));
+        assert!(matches!(
+            SealKey::from_base64("k", "not base64!"),
+            Err(SealError::BadKey)
+        ));
+        assert!(matches!(
+            SealKey::from_base64("k", "AAAA"),
+            Err(SealError::BadKey)
+        ));
         let text = SealKey::generate_base64();
         let key = SealKey::from_base64("k", &text).unwrap();
-        assert!(!format!("{key:?}").contains(&text), "Debug must not show the key");
+        assert!(
+            !format!("{key:?}").contains(&text),
+            "Debug must not show the key"
+        );
         let other = SealKey::from_base64("other", &SealKey::generate_base64()).unwrap();
         let sealed = other.seal(Uuid::now_v7(), b"x").unwrap();
-        assert!(matches!(key.open(Uuid::now_v7(), &sealed), Err(SealError::UnknownKey(id)) if id == "other"));
+        assert!(
+            matches!(key.open(Uuid::now_v7(), &sealed), Err(SealError::UnknownKey(id)) if id == "other")
+        );
     }
 }

@@ -71,7 +71,9 @@ pub enum ModelIdError {
     Empty,
     #[error("model id is longer than {MAX_MODEL_ID_LEN} characters")]
     TooLong,
-    #[error("model id contains {0:?}, which is not allowed (letters, digits and - _ . / : @ + only)")]
+    #[error(
+        "model id contains {0:?}, which is not allowed (letters, digits and - _ . / : @ + only)"
+    )]
     BadChar(char),
     #[error("model id {0:?} names a provider but no model after the '/'")]
     MissingModel(String),
@@ -80,16 +82,16 @@ pub enum ModelIdError {
 /// Routes a model id: `<provider>/<model>` for closed models, anything else open.
 pub fn route_model(model_id: &str) -> Result<ModelRoute, ModelIdError> {
     let token = model_token(model_id)?;
-    if let Some((prefix, rest)) = model_id.split_once('/') {
-        if let Some(provider) = Provider::from_token(prefix) {
-            if rest.is_empty() {
-                return Err(ModelIdError::MissingModel(model_id.to_string()));
-            }
-            return Ok(ModelRoute::Closed {
-                provider,
-                upstream_model: rest.to_string(),
-            });
+    if let Some((prefix, rest)) = model_id.split_once('/')
+        && let Some(provider) = Provider::from_token(prefix)
+    {
+        if rest.is_empty() {
+            return Err(ModelIdError::MissingModel(model_id.to_string()));
         }
+        return Ok(ModelRoute::Closed {
+            provider,
+            upstream_model: rest.to_string(),
+        });
     }
     Ok(ModelRoute::Open { token })
 }
@@ -134,7 +136,11 @@ pub fn model_id_from_token(token: &str) -> Option<String> {
             let hex: String = chars.by_ref().take(2).collect();
             let byte = u8::from_str_radix(&hex, 16).ok()?;
             let decoded = char::from(byte);
-            if hex.len() != 2 || decoded.is_ascii_alphanumeric() || decoded == '-' || !allowed(decoded) {
+            if hex.len() != 2
+                || decoded.is_ascii_alphanumeric()
+                || decoded == '-'
+                || !allowed(decoded)
+            {
                 return None;
             }
             if hex != format!("{byte:02X}") {
@@ -241,8 +247,14 @@ mod tests {
                 token: "HuggingFaceTB_2FSmolLM2-135M-Instruct".into()
             }
         );
-        assert!(matches!(route_model("openai/"), Err(ModelIdError::MissingModel(_))));
-        assert!(matches!(route_model("openai/gpt 4"), Err(ModelIdError::BadChar(' '))));
+        assert!(matches!(
+            route_model("openai/"),
+            Err(ModelIdError::MissingModel(_))
+        ));
+        assert!(matches!(
+            route_model("openai/gpt 4"),
+            Err(ModelIdError::BadChar(' '))
+        ));
     }
 
     #[test]
@@ -253,6 +265,9 @@ mod tests {
         assert_eq!(subject.split('.').count(), 3);
         assert_eq!(request_id_of_reply(&subject), Some(id));
         assert_eq!(closed_request(Provider::OpenAi), "req.closed.openai");
-        assert_eq!(dead_letter("REQUESTS", "translator"), "dlq.REQUESTS.translator");
+        assert_eq!(
+            dead_letter("REQUESTS", "translator"),
+            "dlq.REQUESTS.translator"
+        );
     }
 }

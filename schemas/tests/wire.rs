@@ -1,5 +1,12 @@
 //! Codec round trips, versioned fixtures and the exported JSON Schema.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
 use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
@@ -60,7 +67,9 @@ fn sample_request() -> ChatRequest {
         tools: vec![Tool {
             name: "get_weather".into(),
             description: Some("Current weather".into()),
-            parameters_json: Some(r#"{"type":"object","properties":{"city":{"type":"string"}}}"#.into()),
+            parameters_json: Some(
+                r#"{"type":"object","properties":{"city":{"type":"string"}}}"#.into(),
+            ),
         }],
         tool_choice: Some(ToolChoice::Function {
             name: "get_weather".into(),
@@ -173,7 +182,11 @@ fn every_message_round_trips() {
 fn encoding_is_a_named_map_with_string_ids() {
     let bytes = encode(&sample_envelope()).unwrap();
     // A map with field names (not a positional array) ...
-    assert_eq!(bytes[0] & 0xf0, 0x80, "top level must be a MessagePack fixmap");
+    assert_eq!(
+        bytes[0] & 0xf0,
+        0x80,
+        "top level must be a MessagePack fixmap"
+    );
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains("request_id"));
     assert!(text.contains("schema_version"));
@@ -258,7 +271,10 @@ fn sealed_request_round_trips_through_the_seal() {
     assert!(!text.contains("sk-fixture"));
     let opened: SealedRequest = decode(&key.open(id, &sealed).unwrap()).unwrap();
     assert_eq!(opened, sample_sealed_request());
-    assert!(!format!("{opened:?}").contains("sk-fixture"), "Debug must redact the key");
+    assert!(
+        !format!("{opened:?}").contains("sk-fixture"),
+        "Debug must redact the key"
+    );
 }
 
 #[test]
@@ -295,7 +311,19 @@ fn json_schema_names_every_field() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    for field in ["schema_version", "request_id", "account", "created_at", "deadline", "reply", "model", "body"] {
-        assert!(required.contains(&field), "{field} missing from {required:?}");
+    for field in [
+        "schema_version",
+        "request_id",
+        "account",
+        "created_at",
+        "deadline",
+        "reply",
+        "model",
+        "body",
+    ] {
+        assert!(
+            required.contains(&field),
+            "{field} missing from {required:?}"
+        );
     }
 }

@@ -11,7 +11,12 @@ use switchyard_nats::{Definitions, apply};
 #[command(version, about)]
 struct Cli {
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
     nats_url: String,
     #[command(subcommand)]
     command: Cmd,

@@ -26,7 +26,12 @@ pub struct Config {
 
     /// AES-256-GCM key that seals request bodies (base64 of 32 bytes). Workers hold
     /// the same key.
-    #[arg(long, env = "SWITCHYARD_SEAL_KEY", hide_env_values = true, required_unless_present = "seal_key_file")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_SEAL_KEY",
+        hide_env_values = true,
+        required_unless_present = "seal_key_file"
+    )]
     pub seal_key: Option<String>,
 
     /// File holding the seal key (base64), instead of `SWITCHYARD_SEAL_KEY`.
@@ -78,13 +83,20 @@ pub enum ConfigError {
 impl Config {
     /// The seal key, from the environment or the key file.
     pub fn seal_key(&self) -> Result<SealKey, ConfigError> {
-        Ok(SealKey::load(self.seal_key.as_deref(), self.seal_key_file.as_deref())?)
+        Ok(SealKey::load(
+            self.seal_key.as_deref(),
+            self.seal_key_file.as_deref(),
+        )?)
     }
 
     /// The ingress id used in reply subjects.
     pub fn ingress_id(&self) -> Result<String, ConfigError> {
         match &self.ingress_id {
-            Some(id) if !id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_alphanumeric()) => {
+            Some(id)
+                if !id.is_empty()
+                    && id.len() <= 32
+                    && id.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
                 Ok(id.clone())
             }
             Some(_) => Err(ConfigError::BadIngressId),

@@ -80,7 +80,8 @@ pub async fn serve(
             source,
         })?;
     let tracker = TaskTracker::new();
-    let replies = replies::Replies::start(&client, ingress_id.clone(), &tracker, shutdown.clone()).await?;
+    let replies =
+        replies::Replies::start(&client, ingress_id.clone(), &tracker, shutdown.clone()).await?;
     let state = Arc::new(routes::AppState {
         js: async_nats::jetstream::new(client.clone()),
         client,
@@ -106,7 +107,10 @@ pub async fn serve(
         .await
         .map_err(Error::Serve)?;
     tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("in-flight work did not finish within the drain timeout");
     }
     tracing::info!("ingress stopped");

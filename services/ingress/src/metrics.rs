@@ -39,10 +39,18 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("ingress");
         let requests = Family::<RequestLabels, Counter>::default();
-        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let first_chunk = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let first_chunk = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let in_flight = Gauge::default();
-        registry.register("requests", "HTTP requests answered, by route and status", requests.clone());
+        registry.register(
+            "requests",
+            "HTTP requests answered, by route and status",
+            requests.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "Time from request to the last byte of the answer",
@@ -53,7 +61,11 @@ impl Default for Metrics {
             "Time from request to the first reply chunk from a worker",
             first_chunk.clone(),
         );
-        registry.register("in_flight_requests", "Requests waiting for workers", in_flight.clone());
+        registry.register(
+            "in_flight_requests",
+            "Requests waiting for workers",
+            in_flight.clone(),
+        );
         Self {
             registry,
             requests,

@@ -135,7 +135,11 @@ pub fn parse_body(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
         Some(b'[' | b'"' | b'0'..=b'9' | b'-' | b't' | b'f' | b'n') => {
             return Err(invalid("request body must be a JSON object"));
         }
-        _ => return Err(invalid("request body is not valid JSON: expected an object")),
+        _ => {
+            return Err(invalid(
+                "request body is not valid JSON: expected an object",
+            ));
+        }
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|err| {
@@ -241,7 +245,8 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
     let mut tools = Vec::new();
     for (i, t) in req.tools.unwrap_or_default().into_iter().enumerate() {
         if t.kind.as_deref().is_some_and(|k| k != "function") {
-            return Err(invalid(format!("tools[{i}].type must be \"function\"")).with_param(format!("tools[{i}].type")));
+            return Err(invalid(format!("tools[{i}].type must be \"function\""))
+                .with_param(format!("tools[{i}].type")));
         }
         tools.push(Tool {
             name: t.function.name,
@@ -460,13 +465,18 @@ mod tests {
 
     #[test]
     fn wrong_types_name_the_field() {
-        let err = parse_body(br#"{"model":"openai/x","messages":[{"role":"user","content":5}]}"#).unwrap_err();
+        let err = parse_body(br#"{"model":"openai/x","messages":[{"role":"user","content":5}]}"#)
+            .unwrap_err();
         assert_eq!(err.0.kind, ErrorKind::InvalidRequest);
         assert_eq!(err.0.param.as_deref(), Some("messages[0].content"));
         let err = parse_body(br#"{"model": 7}"#).unwrap_err();
         assert_eq!(err.0.param.as_deref(), Some("model"));
         let err = parse_body(b"{not json").unwrap_err();
-        assert!(err.0.message.contains("not valid JSON"), "{}", err.0.message);
+        assert!(
+            err.0.message.contains("not valid JSON"),
+            "{}",
+            err.0.message
+        );
         let err = parse_body(b"[1,2]").unwrap_err();
         assert!(err.0.message.contains("JSON object"), "{}", err.0.message);
     }
@@ -494,30 +504,59 @@ mod tests {
         assert_eq!(r.messages.len(), 4);
         assert_eq!(
             r.messages[1].content[1],
-            ContentPart::Image { url: "https://x/y.png".into(), detail: Some("low".into()) }
+            ContentPart::Image {
+                url: "https://x/y.png".into(),
+                detail: Some("low".into())
+            }
         );
         assert_eq!(r.messages[2].tool_calls[0].name, "f");
         assert_eq!(r.messages[3].tool_call_id.as_deref(), Some("c1"));
-        assert_eq!(r.tools[0].parameters_json.as_deref(), Some(r#"{"type":"object"}"#));
-        assert_eq!(r.tool_choice, Some(ToolChoice::Function { name: "f".into() }));
+        assert_eq!(
+            r.tools[0].parameters_json.as_deref(),
+            Some(r#"{"type":"object"}"#)
+        );
+        assert_eq!(
+            r.tool_choice,
+            Some(ToolChoice::Function { name: "f".into() })
+        );
     }
 
     #[test]
     fn rejects_missing_model_and_messages() {
-        let e = normalize(parse_body(br#"{"messages":[{"role":"user","content":"x"}]}"#).unwrap()).unwrap_err();
+        let e = normalize(parse_body(br#"{"messages":[{"role":"user","content":"x"}]}"#).unwrap())
+            .unwrap_err();
         assert_eq!(e.0.param.as_deref(), Some("model"));
         let e = normalize(parse_body(br#"{"model":"openai/x"}"#).unwrap()).unwrap_err();
         assert_eq!(e.0.param.as_deref(), Some("messages"));
-        let e = normalize(parse_body(br#"{"model":"openai/x","messages":[{"role":"robot","content":"x"}]}"#).unwrap()).unwrap_err();
+        let e = normalize(
+            parse_body(br#"{"model":"openai/x","messages":[{"role":"robot","content":"x"}]}"#)
+                .unwrap(),
+        )
+        .unwrap_err();
         assert_eq!(e.0.param.as_deref(), Some("messages[0].role"));
     }
 
     #[test]
     fn completion_assembles_tool_calls_by_index() {
         let mut c = Completion::default();
-        c.add_tool_deltas(&[ToolCallDelta { index: 0, id: Some("a".into()), name: Some("f".into()), arguments: Some("{\"x\"".into()) }]);
-        c.add_tool_deltas(&[ToolCallDelta { index: 1, id: Some("b".into()), name: Some("g".into()), arguments: Some("{}".into()) }]);
-        c.add_tool_deltas(&[ToolCallDelta { index: 0, id: None, name: None, arguments: Some(":1}".into()) }]);
+        c.add_tool_deltas(&[ToolCallDelta {
+            index: 0,
+            id: Some("a".into()),
+            name: Some("f".into()),
+            arguments: Some("{\"x\"".into()),
+        }]);
+        c.add_tool_deltas(&[ToolCallDelta {
+            index: 1,
+            id: Some("b".into()),
+            name: Some("g".into()),
+            arguments: Some("{}".into()),
+        }]);
+        c.add_tool_deltas(&[ToolCallDelta {
+            index: 0,
+            id: None,
+            name: None,
+            arguments: Some(":1}".into()),
+        }]);
         c.finish_reason = Some(FinishReason::ToolCalls);
         let v = c.to_json("id", 1, "m", None);
         let calls = &v["choices"][0]["message"]["tool_calls"];

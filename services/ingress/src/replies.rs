@@ -76,10 +76,10 @@ impl Replies {
                     }
                 };
                 let mut routes = table.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(tx) = routes.get(&id) {
-                    if tx.send(chunk).is_err() {
-                        routes.remove(&id);
-                    }
+                if let Some(tx) = routes.get(&id)
+                    && tx.send(chunk).is_err()
+                {
+                    routes.remove(&id);
                 }
             }
             let _ = sub.unsubscribe().await;
@@ -108,6 +108,9 @@ impl Replies {
 
     /// Requests waiting for replies right now.
     pub fn waiting(&self) -> usize {
-        self.routes.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }

@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use schemas::subjects::{self, ModelRoute};
-use schemas::{ErrorBody, ErrorKind, ReplyChunk, ReplyTarget, RequestEnvelope, SealKey, SealedRequest};
+use schemas::{
+    ErrorBody, ErrorKind, ReplyChunk, ReplyTarget, RequestEnvelope, SealKey, SealedRequest,
+};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
@@ -78,7 +80,10 @@ async fn healthz(State(state): State<Shared>) -> Response {
 
 async fn metrics(State(state): State<Shared>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -95,11 +100,17 @@ fn authenticate(headers: &HeaderMap, expected: &str) -> Result<String, ApiError>
     let presented = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .unwrap_or_default();
     if presented.is_empty() || !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-        return Err(ApiError::new(ErrorKind::Authentication, "invalid Switchyard API key"));
+        return Err(ApiError::new(
+            ErrorKind::Authentication,
+            "invalid Switchyard API key",
+        ));
     }
     Ok("dev".to_string())
 }
@@ -148,10 +159,16 @@ async fn handle_chat(
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 ErrorKind::PayloadTooLarge,
-                format!("request body is larger than the {} byte limit", state.config.max_body_bytes),
+                format!(
+                    "request body is larger than the {} byte limit",
+                    state.config.max_body_bytes
+                ),
             )
         } else {
-            ApiError::new(ErrorKind::InvalidRequest, format!("cannot read request body: {rejection}"))
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("cannot read request body: {rejection}"),
+            )
         }
     })?;
     let normalized = openai::normalize(openai::parse_body(&body)?)?;
@@ -185,7 +202,8 @@ async fn handle_chat(
         .to_string();
 
     let request_id = Uuid::now_v7();
-    let span = tracing::info_span!("chat", %request_id, model = %request.model, stream = request.stream);
+    let span =
+        tracing::info_span!("chat", %request_id, model = %request.model, stream = request.stream);
     let stream = request.stream;
     let include_usage = normalized.include_usage;
     let model = request.model.clone();
@@ -198,7 +216,10 @@ async fn handle_chat(
         provider_key: Some(provider_key),
     })
     .map_err(internal)?;
-    let body = state.seal.seal(request_id, &sealed_plain).map_err(internal)?;
+    let body = state
+        .seal
+        .seal(request_id, &sealed_plain)
+        .map_err(internal)?;
     drop(sealed_plain);
     let envelope = RequestEnvelope {
         schema_version: schemas::SCHEMA_VERSION,
@@ -223,7 +244,9 @@ async fn handle_chat(
         state
             .metrics
             .first_chunk
-            .get_or_create(&RouteLabels { route: "chat_completions".into() })
+            .get_or_create(&RouteLabels {
+                route: "chat_completions".into(),
+            })
             .observe(started.elapsed().as_secs_f64());
         if let Some(error) = first.error {
             return Err(ApiError::from(error));
@@ -238,18 +261,42 @@ async fn handle_chat(
         if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
             headers.insert("x-request-id", v);
         }
-        if let Some(p) = context.provider.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
+        if let Some(p) = context
+            .provider
+            .as_deref()
+            .and_then(|p| HeaderValue::from_str(p).ok())
+        {
             headers.insert("x-switchyard-provider", p);
         }
-        if let Some(m) = first.model.as_deref().and_then(|m| HeaderValue::from_str(m).ok()) {
+        if let Some(m) = first
+            .model
+            .as_deref()
+            .and_then(|m| HeaderValue::from_str(m).ok())
+        {
             headers.insert("x-switchyard-served-model", m);
         }
         if stream {
-            let events = stream_events(state, registration, first, context, include_usage, deadline, started);
-            Ok(((headers, Sse::new(events).keep_alive(KeepAlive::default())).into_response(), true))
+            let events = stream_events(
+                state,
+                registration,
+                first,
+                context,
+                include_usage,
+                deadline,
+                started,
+            );
+            Ok((
+                (headers, Sse::new(events).keep_alive(KeepAlive::default())).into_response(),
+                true,
+            ))
         } else {
             let completion = collect(&mut registration, first, deadline).await?;
-            let body = completion.to_json(&context.id, context.created, &context.model, context.provider.as_deref());
+            let body = completion.to_json(
+                &context.id,
+                context.created,
+                &context.model,
+                context.provider.as_deref(),
+            );
             Ok(((headers, axum::Json(body)).into_response(), false))
         }
     }
@@ -263,10 +310,18 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// JetStream publish with an awaited PubAck; `Nats-Msg-Id` deduplicates retries.
-async fn publish(state: &AppState, subject: &str, id: Uuid, payload: Vec<u8>) -> Result<(), ApiError> {
+async fn publish(
+    state: &AppState,
+    subject: &str,
+    id: Uuid,
+    payload: Vec<u8>,
+) -> Result<(), ApiError> {
     let unavailable = |e: &dyn std::fmt::Display| {
         tracing::warn!(error = %e, "cannot queue request");
-        let mut body = ErrorBody::new(ErrorKind::Unavailable, "the request queue is unavailable; retry shortly");
+        let mut body = ErrorBody::new(
+            ErrorKind::Unavailable,
+            "the request queue is unavailable; retry shortly",
+        );
         body.retry_after_ms = Some(1000);
         ApiError::from(body)
     };
@@ -281,16 +336,27 @@ async fn publish(state: &AppState, subject: &str, id: Uuid, payload: Vec<u8>) ->
     match tokio::time::timeout(state.config.publish_timeout(), ack).await {
         Ok(Ok(_ack)) => Ok(()),
         Ok(Err(e)) => Err(unavailable(&e)),
-        Err(_) => Err(unavailable(&"timed out waiting for the JetStream acknowledgement")),
+        Err(_) => Err(unavailable(
+            &"timed out waiting for the JetStream acknowledgement",
+        )),
     }
 }
 
 /// The next chunk, or a 504 when the deadline passes first.
-async fn next_chunk(registration: &mut Registration, deadline: TokioInstant) -> Result<ReplyChunk, ApiError> {
+async fn next_chunk(
+    registration: &mut Registration,
+    deadline: TokioInstant,
+) -> Result<ReplyChunk, ApiError> {
     match tokio::time::timeout_at(deadline, registration.rx.recv()).await {
         Ok(Some(chunk)) => Ok(chunk),
-        Ok(None) => Err(ApiError::new(ErrorKind::Unavailable, "the ingress is shutting down")),
-        Err(_) => Err(ApiError::new(ErrorKind::Timeout, "no answer from a worker before the request deadline")),
+        Ok(None) => Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "the ingress is shutting down",
+        )),
+        Err(_) => Err(ApiError::new(
+            ErrorKind::Timeout,
+            "no answer from a worker before the request deadline",
+        )),
     }
 }
 
@@ -308,7 +374,10 @@ fn in_order(chunk: &ReplyChunk, expected: u32) -> Result<(), ApiError> {
     if chunk.error.is_none() && chunk.seq != expected {
         return Err(ApiError::new(
             ErrorKind::Internal,
-            format!("reply chunks were lost (expected {expected}, got {})", chunk.seq),
+            format!(
+                "reply chunks were lost (expected {expected}, got {})",
+                chunk.seq
+            ),
         ));
     }
     Ok(())
@@ -390,7 +459,9 @@ fn stream_events(
                     usage = chunk.usage;
                 }
                 let delta = chunk.delta.as_ref().map(openai::delta_json);
-                let has_delta = delta.as_ref().is_some_and(|d| d.as_object().is_some_and(|o| !o.is_empty()));
+                let has_delta = delta
+                    .as_ref()
+                    .is_some_and(|d| d.as_object().is_some_and(|o| !o.is_empty()));
                 if has_delta || chunk.finish_reason.is_some() {
                     let body = openai::chunk_json(
                         &ctx.id,
@@ -414,16 +485,23 @@ fn stream_events(
             };
             match finished {
                 Ok(true) => {
-                    if include_usage {
-                        if let Some(u) = &usage {
-                            let _ = tx.send(event(&openai::usage_chunk_json(&ctx.id, ctx.created, &ctx.model, u))).await;
-                        }
+                    if include_usage && let Some(u) = &usage {
+                        let _ = tx
+                            .send(event(&openai::usage_chunk_json(
+                                &ctx.id,
+                                ctx.created,
+                                &ctx.model,
+                                u,
+                            )))
+                            .await;
                     }
                     let _ = tx.send(Event::default().data("[DONE]")).await;
                 }
                 Ok(false) => {
                     tracing::info!("caller went away; cancelling");
-                    let _ = client.publish(subjects::cancel(request_id), Bytes::new()).await;
+                    let _ = client
+                        .publish(subjects::cancel(request_id), Bytes::new())
+                        .await;
                 }
                 Err(e) => {
                     // OpenAI's SDKs raise on an event carrying `error`.
@@ -433,10 +511,15 @@ fn stream_events(
             shared
                 .metrics
                 .duration
-                .get_or_create(&RouteLabels { route: "chat_completions".into() })
+                .get_or_create(&RouteLabels {
+                    route: "chat_completions".into(),
+                })
                 .observe(started.elapsed().as_secs_f64());
         }
         .in_current_span(),
     );
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+    )
 }

@@ -2,11 +2,21 @@
 //! input gets the right 4xx, requests are published sealed and deduplicable, and reply
 //! chunks come back as OpenAI JSON or SSE.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use schemas::{Delta, ErrorBody, ErrorKind, FinishReason, ReplyChunk, RequestEnvelope, Role, SealKey, SealedRequest, Usage};
+use schemas::{
+    Delta, ErrorBody, ErrorKind, FinishReason, ReplyChunk, RequestEnvelope, Role, SealKey,
+    SealedRequest, Usage,
+};
 use serde_json::{Value, json};
 use switchyard_ingress::Config;
 use switchyard_nats::testing::NatsServer;
@@ -49,10 +59,17 @@ async fn start(max_body_bytes: usize, timeout_secs: u64) -> Harness {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    tokio::spawn(switchyard_ingress::serve(listener, config, shutdown.clone()));
+    tokio::spawn(switchyard_ingress::serve(
+        listener,
+        config,
+        shutdown.clone(),
+    ));
     // The listener is bound already: connections wait in its backlog until the
     // server, once connected to NATS, accepts them.
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     Harness {
         js: jetstream::new(client.clone()),
         client,
@@ -87,8 +104,18 @@ impl Harness {
     /// Takes the next request off the translator's consumer, as a worker would.
     async fn take_request(&self) -> (jetstream::Message, RequestEnvelope, SealedRequest) {
         let consumer = self.translator_consumer().await;
-        let mut batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(10)).messages().await.unwrap();
-        let message = batch.next().await.expect("a request was published").unwrap();
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await
+            .unwrap();
+        let message = batch
+            .next()
+            .await
+            .expect("a request was published")
+            .unwrap();
         let envelope: RequestEnvelope = schemas::decode(&message.payload).unwrap();
         let plain = self.seal.open(envelope.request_id, &envelope.body).unwrap();
         let sealed: SealedRequest = schemas::decode(&plain).unwrap();
@@ -97,7 +124,10 @@ impl Harness {
 
     async fn reply(&self, envelope: &RequestEnvelope, chunk: &ReplyChunk) {
         self.client
-            .publish(envelope.reply.subject().to_string(), schemas::encode(chunk).unwrap().into())
+            .publish(
+                envelope.reply.subject().to_string(),
+                schemas::encode(chunk).unwrap().into(),
+            )
             .await
             .unwrap();
     }
@@ -122,10 +152,21 @@ async fn error_of(response: reqwest::Response) -> (u16, Value) {
 async fn bad_input_gets_openai_style_4xx() {
     let h = start(1024, 5).await;
 
-    let r = h.http.post(format!("{}/v1/chat/completions", h.base)).body(chat_body(false)).send().await.unwrap();
+    let r = h
+        .http
+        .post(format!("{}/v1/chat/completions", h.base))
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
     let (status, body) = error_of(r).await;
     assert_eq!(status, 401);
-    assert!(body["error"]["message"].as_str().unwrap().contains("missing API key"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing API key")
+    );
 
     let r = h
         .http
@@ -140,28 +181,64 @@ async fn bad_input_gets_openai_style_4xx() {
     let (status, body) = error_of(h.post("{\"model\": ").send().await.unwrap()).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["type"], "invalid_request_error");
-    assert!(body["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON")
+    );
 
-    let (status, body) = error_of(h.post(r#"{"model":"openai/x","messages":"hi"}"#).send().await.unwrap()).await;
+    let (status, body) = error_of(
+        h.post(r#"{"model":"openai/x","messages":"hi"}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["param"], "messages");
 
-    let (status, body) = error_of(h.post(r#"{"messages":[{"role":"user","content":"x"}]}"#).send().await.unwrap()).await;
+    let (status, body) = error_of(
+        h.post(r#"{"messages":[{"role":"user","content":"x"}]}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["param"], "model");
 
-    let (status, body) = error_of(h.post(r#"{"model":"openai/a b","messages":[{"role":"user","content":"x"}]}"#).send().await.unwrap()).await;
+    let (status, body) = error_of(
+        h.post(r#"{"model":"openai/a b","messages":[{"role":"user","content":"x"}]}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["param"], "model");
 
-    let (status, body) = error_of(h.post(r#"{"model":"nosuch/model","messages":[{"role":"user","content":"x"}]}"#).send().await.unwrap()).await;
+    let (status, body) = error_of(
+        h.post(r#"{"model":"nosuch/model","messages":[{"role":"user","content":"x"}]}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "model_not_found");
 
-    let big = json!({"model": "openai/x", "messages": [{"role": "user", "content": "x".repeat(2000)}]}).to_string();
+    let big =
+        json!({"model": "openai/x", "messages": [{"role": "user", "content": "x".repeat(2000)}]})
+            .to_string();
     let (status, body) = error_of(h.post(big).send().await.unwrap()).await;
     assert_eq!(status, 413);
-    assert!(body["error"]["message"].as_str().unwrap().contains("1024 byte limit"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1024 byte limit")
+    );
 
     let r = h
         .http
@@ -173,9 +250,21 @@ async fn bad_input_gets_openai_style_4xx() {
         .unwrap();
     let (status, body) = error_of(r).await;
     assert_eq!(status, 401);
-    assert!(body["error"]["message"].as_str().unwrap().contains("provider-key"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("provider-key")
+    );
 
-    let (status, _) = error_of(h.http.get(format!("{}/v1/nothing", h.base)).send().await.unwrap()).await;
+    let (status, _) = error_of(
+        h.http
+            .get(format!("{}/v1/nothing", h.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 404);
 
     // Nothing above reached the queue.
@@ -195,23 +284,41 @@ async fn non_streaming_request_is_sealed_published_and_answered() {
     assert!(!raw.contains(PROVIDER_KEY));
     assert_eq!(message.subject.as_str(), "req.closed.openai");
     let headers = message.headers.clone().unwrap();
-    assert_eq!(headers.get("Nats-Msg-Id").unwrap().as_str(), envelope.request_id.to_string());
+    assert_eq!(
+        headers.get("Nats-Msg-Id").unwrap().as_str(),
+        envelope.request_id.to_string()
+    );
     assert_eq!(envelope.request_id.get_version_num(), 7);
     assert_eq!(envelope.account, "dev");
     assert!(envelope.deadline > envelope.created_at);
     assert_eq!(sealed.provider_key.as_deref(), Some(PROVIDER_KEY));
-    assert_eq!(sealed.request.messages[0].joined_text(), "the secret prompt");
+    assert_eq!(
+        sealed.request.messages[0].joined_text(),
+        "the secret prompt"
+    );
 
     let id = envelope.request_id;
     let mut first = ReplyChunk::new(id, 0);
-    first.delta = Some(Delta { role: Some(Role::Assistant), content: Some("Hel".into()), tool_calls: vec![] });
+    first.delta = Some(Delta {
+        role: Some(Role::Assistant),
+        content: Some("Hel".into()),
+        tool_calls: vec![],
+    });
     first.provider = Some("openai".into());
     first.model = Some("gpt-4o-mini-2024-07-18".into());
     h.reply(&envelope, &first).await;
     let mut second = ReplyChunk::new(id, 1);
-    second.delta = Some(Delta { role: None, content: Some("lo".into()), tool_calls: vec![] });
+    second.delta = Some(Delta {
+        role: None,
+        content: Some("lo".into()),
+        tool_calls: vec![],
+    });
     second.finish_reason = Some(FinishReason::Stop);
-    second.usage = Some(Usage { input_tokens: 3, output_tokens: 2, cached_input_tokens: None });
+    second.usage = Some(Usage {
+        input_tokens: 3,
+        output_tokens: 2,
+        cached_input_tokens: None,
+    });
     second.last = true;
     h.reply(&envelope, &second).await;
     message.ack().await.unwrap();
@@ -238,34 +345,58 @@ async fn streaming_request_becomes_sse_with_done() {
     let id = envelope.request_id;
     for (seq, text) in ["a", "b", "c"].iter().enumerate() {
         let mut c = ReplyChunk::new(id, seq as u32);
-        c.delta = Some(Delta { role: None, content: Some((*text).into()), tool_calls: vec![] });
+        c.delta = Some(Delta {
+            role: None,
+            content: Some((*text).into()),
+            tool_calls: vec![],
+        });
         h.reply(&envelope, &c).await;
     }
     let mut end = ReplyChunk::new(id, 3);
     end.finish_reason = Some(FinishReason::Length);
-    end.usage = Some(Usage { input_tokens: 4, output_tokens: 3, cached_input_tokens: Some(1) });
+    end.usage = Some(Usage {
+        input_tokens: 4,
+        output_tokens: 3,
+        cached_input_tokens: Some(1),
+    });
     end.last = true;
     h.reply(&envelope, &end).await;
     message.ack().await.unwrap();
 
     let response = call.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let text = response.text().await.unwrap();
     let events: Vec<&str> = text
         .split("\n\n")
         .filter_map(|e| e.strip_prefix("data: "))
         .collect();
     assert_eq!(events.last(), Some(&"[DONE]"));
-    let parsed: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let parsed: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     let content: String = parsed
         .iter()
-        .filter_map(|v| v["choices"].get(0).and_then(|c| c["delta"]["content"].as_str()))
+        .filter_map(|v| {
+            v["choices"]
+                .get(0)
+                .and_then(|c| c["delta"]["content"].as_str())
+        })
         .collect();
     assert_eq!(content, "abc");
     let finish: Vec<&str> = parsed
         .iter()
-        .filter_map(|v| v["choices"].get(0).and_then(|c| c["finish_reason"].as_str()))
+        .filter_map(|v| {
+            v["choices"]
+                .get(0)
+                .and_then(|c| c["finish_reason"].as_str())
+        })
         .collect();
     assert_eq!(finish, ["length"]);
     let usage = parsed.last().unwrap();
@@ -282,7 +413,11 @@ async fn worker_errors_map_to_status_and_retry_after() {
     let mut error = ErrorBody::new(ErrorKind::RateLimited, "Rate limit reached");
     error.retry_after_ms = Some(2500);
     error.provider_status = Some(429);
-    h.reply(&envelope, &ReplyChunk::failure(envelope.request_id, 0, error)).await;
+    h.reply(
+        &envelope,
+        &ReplyChunk::failure(envelope.request_id, 0, error),
+    )
+    .await;
     message.ack().await.unwrap();
     let response = call.await.unwrap().unwrap();
     assert_eq!(response.status(), 429);
@@ -304,7 +439,15 @@ async fn no_worker_means_504_at_the_deadline() {
 async fn metrics_count_requests_by_status() {
     let h = start(1 << 20, 5).await;
     let _ = h.post("not json").send().await.unwrap();
-    let text = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
+    let text = h
+        .http
+        .get(format!("{}/metrics", h.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let line = text
         .lines()
         .find(|l| l.starts_with("ingress_requests_total{") && l.contains("status=\"400\""))

@@ -18,7 +18,12 @@ pub struct Config {
 
     /// AES-256-GCM key that opens request bodies (base64 of 32 bytes); the ingress holds
     /// the same key.
-    #[arg(long, env = "SWITCHYARD_SEAL_KEY", hide_env_values = true, required_unless_present = "seal_key_file")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_SEAL_KEY",
+        hide_env_values = true,
+        required_unless_present = "seal_key_file"
+    )]
     pub seal_key: Option<String>,
 
     /// File holding the seal key (base64), instead of `SWITCHYARD_SEAL_KEY`.
@@ -26,7 +31,11 @@ pub struct Config {
     pub seal_key_file: Option<PathBuf>,
 
     /// OpenAI API base URL; the translator POSTs `{base}/chat/completions`.
-    #[arg(long, env = "SWITCHYARD_OPENAI_BASE_URL", default_value = "https://api.openai.com/v1")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_OPENAI_BASE_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
     pub openai_base_url: String,
 
     /// Address of the health and metrics endpoint (`/healthz`, `/metrics`).
@@ -66,7 +75,10 @@ pub enum ConfigError {
 impl Config {
     /// The seal key, from the environment or the key file.
     pub fn seal_key(&self) -> Result<SealKey, ConfigError> {
-        Ok(SealKey::load(self.seal_key.as_deref(), self.seal_key_file.as_deref())?)
+        Ok(SealKey::load(
+            self.seal_key.as_deref(),
+            self.seal_key_file.as_deref(),
+        )?)
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -77,7 +77,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 }
 
 /// Like [`run`] with the health listener given (tests bind port 0).
-pub async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     config.validate()?;
     let seal = config.seal_key()?;
     let client = async_nats::ConnectOptions::new()
@@ -123,12 +127,24 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: Cancellation
     });
     health.consuming.store(true, Ordering::Relaxed);
     tracing::info!(concurrency = config.concurrency, "translator consuming");
-    let result = worker::consume(worker, consumer, config.concurrency as usize, &tracker, shutdown.clone()).await;
+    let result = worker::consume(
+        worker,
+        consumer,
+        config.concurrency as usize,
+        &tracker,
+        shutdown.clone(),
+    )
+    .await;
     health.consuming.store(false, Ordering::Relaxed);
     shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
-        tracing::warn!("requests in progress did not finish within the drain timeout; they will be redelivered");
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests in progress did not finish within the drain timeout; they will be redelivered"
+        );
     }
     tracing::info!("translator stopped");
     result.map_err(Error::Consume)
@@ -140,7 +156,10 @@ async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
         async_nats::connection::State::Connected
     );
     if connected && health.consuming.load(Ordering::Relaxed) {
-        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"})))
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -151,7 +170,10 @@ async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
 
 async fn metrics_text(State(health): State<Arc<Health>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         health.worker.metrics.render(),
     )
 }

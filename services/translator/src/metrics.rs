@@ -44,17 +44,31 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("translator");
         let requests = Family::<OutcomeLabels, Counter>::default();
         let upstream_first_byte =
-            Family::<ProviderLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+            Family::<ProviderLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
         let dead_letters = Family::<ReasonLabels, Counter>::default();
         let expired = Counter::default();
-        registry.register("requests", "Requests finished, by provider and outcome", requests.clone());
+        registry.register(
+            "requests",
+            "Requests finished, by provider and outcome",
+            requests.clone(),
+        );
         registry.register(
             "upstream_first_byte_seconds",
             "Time from pulling a request to the provider's first response byte",
             upstream_first_byte.clone(),
         );
-        registry.register("dead_letters", "Messages terminated and dead-lettered", dead_letters.clone());
-        registry.register("expired", "Requests dropped because their deadline had passed", expired.clone());
+        registry.register(
+            "dead_letters",
+            "Messages terminated and dead-lettered",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "expired",
+            "Requests dropped because their deadline had passed",
+            expired.clone(),
+        );
         Self {
             registry,
             requests,

@@ -22,7 +22,12 @@ pub struct ChunkSink {
 pub struct SendError(String);
 
 impl ChunkSink {
-    pub fn new(client: async_nats::Client, subject: String, request_id: Uuid, provider: &'static str) -> Self {
+    pub fn new(
+        client: async_nats::Client,
+        subject: String,
+        request_id: Uuid,
+        provider: &'static str,
+    ) -> Self {
         Self {
             client,
             subject,
@@ -89,6 +94,9 @@ impl ChunkSink {
 
     /// Waits until everything sent so far has reached the server.
     pub async fn flush(&self) -> Result<(), SendError> {
-        self.client.flush().await.map_err(|e| SendError(e.to_string()))
+        self.client
+            .flush()
+            .await
+            .map_err(|e| SendError(e.to_string()))
     }
 }

@@ -75,12 +75,22 @@ pub async fn consume(
     Ok(())
 }
 
-async fn dead_letter(worker: &Worker, message: &jetstream::Message, reason: &str, request_id: Option<String>) {
+async fn dead_letter(
+    worker: &Worker,
+    message: &jetstream::Message,
+    reason: &str,
+    request_id: Option<String>,
+) {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(schemas::headers::DEAD_LETTER_REASON, reason);
     headers.insert(
         schemas::headers::DEAD_LETTER_SOURCE,
-        format!("{}/{}", subjects::REQUESTS_STREAM, subjects::TRANSLATOR_CONSUMER).as_str(),
+        format!(
+            "{}/{}",
+            subjects::REQUESTS_STREAM,
+            subjects::TRANSLATOR_CONSUMER
+        )
+        .as_str(),
     );
     if let Some(id) = request_id {
         headers.insert(schemas::headers::REQUEST_ID, id.as_str());
@@ -107,8 +117,13 @@ async fn dead_letter(worker: &Worker, message: &jetstream::Message, reason: &str
         tracing::warn!(reason, "message dead-lettered");
     } else {
         // Keep the message: it is redelivered and dead-lettered once JetStream is back.
-        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
-        tracing::error!(reason, "cannot dead-letter a message; it will be redelivered");
+        let _ = message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+            .await;
+        tracing::error!(
+            reason,
+            "cannot dead-letter a message; it will be redelivered"
+        );
     }
 }
 
@@ -116,9 +131,18 @@ async fn dead_letter(worker: &Worker, message: &jetstream::Message, reason: &str
 async fn handle(worker: &Worker, message: jetstream::Message) {
     let envelope: RequestEnvelope = match schemas::decode(&message.payload) {
         Ok(e) => e,
-        Err(e) => return dead_letter(worker, &message, &format!("undecodable envelope: {e}"), None).await,
+        Err(e) => {
+            return dead_letter(
+                worker,
+                &message,
+                &format!("undecodable envelope: {e}"),
+                None,
+            )
+            .await;
+        }
     };
-    let span = tracing::info_span!("request", request_id = %envelope.request_id, model = %envelope.model);
+    let span =
+        tracing::info_span!("request", request_id = %envelope.request_id, model = %envelope.model);
     async {
         let mut sink = ChunkSink::new(
             worker.client.clone(),
@@ -210,7 +234,10 @@ async fn run(
     sink: &mut ChunkSink,
 ) -> Result<(), Failure> {
     let (provider, upstream_model) = match subjects::route_model(&sealed.request.model) {
-        Ok(ModelRoute::Closed { provider, upstream_model }) => (provider, upstream_model),
+        Ok(ModelRoute::Closed {
+            provider,
+            upstream_model,
+        }) => (provider, upstream_model),
         Ok(ModelRoute::Open { .. }) | Err(_) => {
             return Err(Failure::Reply(ErrorBody::new(
                 ErrorKind::InvalidRequest,
@@ -221,7 +248,10 @@ async fn run(
     if provider != Provider::OpenAi {
         return Err(Failure::Reply(ErrorBody::new(
             ErrorKind::NotFound,
-            format!("provider '{}' is not available on this deployment yet", provider.as_str()),
+            format!(
+                "provider '{}' is not available on this deployment yet",
+                provider.as_str()
+            ),
         )));
     }
     let Some(key) = sealed.provider_key.as_deref() else {
@@ -234,16 +264,27 @@ async fn run(
         .client
         .subscribe(subjects::cancel(envelope.request_id))
         .await
-        .map_err(|e| Failure::Reply(ErrorBody::new(ErrorKind::Unavailable, format!("cannot watch for cancellation: {e}"))))?;
-    let remaining = (envelope.deadline - Utc::now()).to_std().unwrap_or_default();
+        .map_err(|e| {
+            Failure::Reply(ErrorBody::new(
+                ErrorKind::Unavailable,
+                format!("cannot watch for cancellation: {e}"),
+            ))
+        })?;
+    let remaining = (envelope.deadline - Utc::now())
+        .to_std()
+        .unwrap_or_default();
     let started = Instant::now();
     let metrics = &worker.metrics;
-    let call = worker.openai.chat(&sealed.request, &upstream_model, key, sink, || {
-        metrics
-            .upstream_first_byte
-            .get_or_create(&ProviderLabels { provider: openai::PROVIDER.to_string() })
-            .observe(started.elapsed().as_secs_f64());
-    });
+    let call = worker
+        .openai
+        .chat(&sealed.request, &upstream_model, key, sink, || {
+            metrics
+                .upstream_first_byte
+                .get_or_create(&ProviderLabels {
+                    provider: openai::PROVIDER.to_string(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+        });
     tokio::pin!(call);
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     progress.tick().await;
@@ -270,12 +311,15 @@ async fn run(
 
 /// The translator's durable consumer, which `switchyard-nats apply` creates.
 pub async fn consumer(js: &jetstream::Context) -> Result<PullConsumer, String> {
-    let stream = js.get_stream(subjects::REQUESTS_STREAM).await.map_err(|e| {
-        format!(
-            "stream {} not found ({e}); run `switchyard-nats apply` first",
-            subjects::REQUESTS_STREAM
-        )
-    })?;
+    let stream = js
+        .get_stream(subjects::REQUESTS_STREAM)
+        .await
+        .map_err(|e| {
+            format!(
+                "stream {} not found ({e}); run `switchyard-nats apply` first",
+                subjects::REQUESTS_STREAM
+            )
+        })?;
     stream
         .get_consumer(subjects::TRANSLATOR_CONSUMER)
         .await

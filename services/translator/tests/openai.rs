@@ -1,14 +1,21 @@
 //! The translator between a real nats-server and the mock OpenAI server: requests
 //! published as the ingress publishes them come back as the right reply chunks.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
 use std::time::Duration;
 
 use async_nats::jetstream;
 use chrono::Utc;
 use futures::StreamExt;
 use schemas::{
-    ChatRequest, ErrorKind, FinishReason, Message, Params, ReplyChunk, ReplyTarget, RequestEnvelope, Role, SealKey,
-    SealedRequest,
+    ChatRequest, ErrorKind, FinishReason, Message, Params, ReplyChunk, ReplyTarget,
+    RequestEnvelope, Role, SealKey, SealedRequest,
 };
 use switchyard_loadtest::mock::openai::MockConfig;
 use switchyard_nats::testing::NatsServer;
@@ -60,7 +67,11 @@ async fn start(mock: MockConfig) -> Harness {
         connect_timeout_secs: 2,
     };
     let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(switchyard_translator::serve(health, config, shutdown.clone()));
+    tokio::spawn(switchyard_translator::serve(
+        health,
+        config,
+        shutdown.clone(),
+    ));
     Harness {
         js: jetstream::new(client.clone()),
         client,
@@ -73,7 +84,10 @@ async fn start(mock: MockConfig) -> Harness {
 fn request(model: &str, text: &str, stream: bool) -> ChatRequest {
     ChatRequest {
         model: model.into(),
-        messages: vec![Message::text(Role::System, "be brief"), Message::text(Role::User, text)],
+        messages: vec![
+            Message::text(Role::System, "be brief"),
+            Message::text(Role::User, text),
+        ],
         params: Params::default(),
         tools: vec![],
         tool_choice: None,
@@ -83,11 +97,20 @@ fn request(model: &str, text: &str, stream: bool) -> ChatRequest {
 
 impl Harness {
     /// Publishes like the ingress does and collects the reply chunks up to the last.
-    async fn call(&self, request: ChatRequest, key: &str, deadline_in: chrono::Duration) -> Vec<ReplyChunk> {
+    async fn call(
+        &self,
+        request: ChatRequest,
+        key: &str,
+        deadline_in: chrono::Duration,
+    ) -> Vec<ReplyChunk> {
         let id = Uuid::now_v7();
         let reply = format!("reply.test.{}", id.simple());
         let mut sub = self.client.subscribe(reply.clone()).await.unwrap();
-        let plain = schemas::encode(&SealedRequest { request: request.clone(), provider_key: Some(key.into()) }).unwrap();
+        let plain = schemas::encode(&SealedRequest {
+            request: request.clone(),
+            provider_key: Some(key.into()),
+        })
+        .unwrap();
         let envelope = RequestEnvelope {
             schema_version: 1,
             request_id: id,
@@ -130,8 +153,14 @@ impl Harness {
     }
 
     async fn pending(&self) -> u64 {
-        let mut c: jetstream::consumer::PullConsumer =
-            self.js.get_stream("REQUESTS").await.unwrap().get_consumer("translator").await.unwrap();
+        let mut c: jetstream::consumer::PullConsumer = self
+            .js
+            .get_stream("REQUESTS")
+            .await
+            .unwrap()
+            .get_consumer("translator")
+            .await
+            .unwrap();
         let info = c.info().await.unwrap();
         info.num_pending + info.num_ack_pending as u64
     }
@@ -146,8 +175,18 @@ fn content(chunks: &[ReplyChunk]) -> String {
 
 #[tokio::test]
 async fn non_streaming_answer_is_one_chunk_with_usage() {
-    let h = start(MockConfig { chunks: 3, ..MockConfig::default() }).await;
-    let chunks = h.call(request("openai/gpt-4o-mini", "hello there", false), PROVIDER_KEY, chrono::Duration::seconds(30)).await;
+    let h = start(MockConfig {
+        chunks: 3,
+        ..MockConfig::default()
+    })
+    .await;
+    let chunks = h
+        .call(
+            request("openai/gpt-4o-mini", "hello there", false),
+            PROVIDER_KEY,
+            chrono::Duration::seconds(30),
+        )
+        .await;
     assert_eq!(chunks.len(), 1);
     let c = &chunks[0];
     assert!(c.error.is_none(), "{:?}", c.error);
@@ -164,13 +203,36 @@ async fn non_streaming_answer_is_one_chunk_with_usage() {
 
 #[tokio::test]
 async fn streaming_answer_arrives_in_pieces_then_usage() {
-    let h = start(MockConfig { chunks: 5, ..MockConfig::default() }).await;
-    let chunks = h.call(request("openai/gpt-4o-mini", "stream me please", true), PROVIDER_KEY, chrono::Duration::seconds(30)).await;
+    let h = start(MockConfig {
+        chunks: 5,
+        ..MockConfig::default()
+    })
+    .await;
+    let chunks = h
+        .call(
+            request("openai/gpt-4o-mini", "stream me please", true),
+            PROVIDER_KEY,
+            chrono::Duration::seconds(30),
+        )
+        .await;
     assert_eq!(content(&chunks), "echo: stream me please");
-    let pieces = chunks.iter().filter(|c| c.delta.as_ref().is_some_and(|d| d.content.as_deref().is_some_and(|s| !s.is_empty()))).count();
+    let pieces = chunks
+        .iter()
+        .filter(|c| {
+            c.delta
+                .as_ref()
+                .is_some_and(|d| d.content.as_deref().is_some_and(|s| !s.is_empty()))
+        })
+        .count();
     assert_eq!(pieces, 5);
     assert_eq!(chunks[0].provider.as_deref(), Some("openai"));
-    assert_eq!(chunks.iter().filter_map(|c| c.finish_reason).collect::<Vec<_>>(), [FinishReason::Stop]);
+    assert_eq!(
+        chunks
+            .iter()
+            .filter_map(|c| c.finish_reason)
+            .collect::<Vec<_>>(),
+        [FinishReason::Stop]
+    );
     let usage: Vec<_> = chunks.iter().filter_map(|c| c.usage).collect();
     assert_eq!(usage.len(), 1, "usage is always asked for upstream");
     assert_eq!(usage[0].output_tokens, 5);
@@ -181,22 +243,49 @@ async fn streaming_answer_arrives_in_pieces_then_usage() {
 async fn provider_errors_become_error_chunks() {
     let h = start(MockConfig::default()).await;
 
-    let chunks = h.call(request("openai/mock-error-429", "x", false), PROVIDER_KEY, chrono::Duration::seconds(30)).await;
+    let chunks = h
+        .call(
+            request("openai/mock-error-429", "x", false),
+            PROVIDER_KEY,
+            chrono::Duration::seconds(30),
+        )
+        .await;
     let e = chunks.last().unwrap().error.clone().unwrap();
     assert_eq!(e.kind, ErrorKind::RateLimited);
     assert_eq!(e.provider_status, Some(429));
     assert_eq!(e.retry_after_ms, Some(1000));
 
-    let chunks = h.call(request("openai/gpt-4o-mini", "x", true), "sk-wrong-key-123", chrono::Duration::seconds(30)).await;
+    let chunks = h
+        .call(
+            request("openai/gpt-4o-mini", "x", true),
+            "sk-wrong-key-123",
+            chrono::Duration::seconds(30),
+        )
+        .await;
     let e = chunks.last().unwrap().error.clone().unwrap();
     assert_eq!(e.kind, ErrorKind::Authentication);
     assert!(!e.message.contains("sk-wrong-key-123"), "{}", e.message);
 
-    let chunks = h.call(request("openai/mock-error-500", "x", false), PROVIDER_KEY, chrono::Duration::seconds(30)).await;
-    assert_eq!(chunks.last().unwrap().error.as_ref().unwrap().kind, ErrorKind::Upstream);
+    let chunks = h
+        .call(
+            request("openai/mock-error-500", "x", false),
+            PROVIDER_KEY,
+            chrono::Duration::seconds(30),
+        )
+        .await;
+    assert_eq!(
+        chunks.last().unwrap().error.as_ref().unwrap().kind,
+        ErrorKind::Upstream
+    );
 
     // A stream cut before [DONE] is an explicit error, never a clean end.
-    let chunks = h.call(request("openai/mock-truncated", "one two three", true), PROVIDER_KEY, chrono::Duration::seconds(30)).await;
+    let chunks = h
+        .call(
+            request("openai/mock-truncated", "one two three", true),
+            PROVIDER_KEY,
+            chrono::Duration::seconds(30),
+        )
+        .await;
     let last = chunks.last().unwrap();
     assert_eq!(last.error.as_ref().unwrap().kind, ErrorKind::Upstream);
     assert!(last.error.as_ref().unwrap().message.contains("[DONE]"));
@@ -206,7 +295,13 @@ async fn provider_errors_become_error_chunks() {
 #[tokio::test]
 async fn expired_requests_are_dropped_not_run() {
     let h = start(MockConfig::default()).await;
-    let chunks = h.call(request("openai/gpt-4o-mini", "late", false), PROVIDER_KEY, chrono::Duration::seconds(-1)).await;
+    let chunks = h
+        .call(
+            request("openai/gpt-4o-mini", "late", false),
+            PROVIDER_KEY,
+            chrono::Duration::seconds(-1),
+        )
+        .await;
     assert_eq!(chunks.len(), 1);
     assert_eq!(chunks[0].error.as_ref().unwrap().kind, ErrorKind::Timeout);
     assert_eq!(content(&chunks), "");
@@ -215,21 +310,46 @@ async fn expired_requests_are_dropped_not_run() {
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_with_the_reason() {
     let h = start(MockConfig::default()).await;
-    let ack = h.js.publish("req.closed.openai", "not messagepack".into()).await.unwrap().await.unwrap();
+    let ack =
+        h.js.publish("req.closed.openai", "not messagepack".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     assert_eq!(ack.stream, "REQUESTS");
     let dlq = h.js.get_stream("DEADLETTER").await.unwrap();
     let consumer = dlq
-        .create_consumer(jetstream::consumer::pull::Config { durable_name: None, ..Default::default() })
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: None,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();
-    let dead = tokio::time::timeout(Duration::from_secs(20), messages.next()).await.unwrap().unwrap().unwrap();
+    let dead = tokio::time::timeout(Duration::from_secs(20), messages.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(dead.subject.as_str(), "dlq.REQUESTS.translator");
     assert_eq!(&dead.payload[..], b"not messagepack");
-    let reason = dead.headers.as_ref().unwrap().get("Switchyard-Reason").unwrap().as_str().to_string();
+    let reason = dead
+        .headers
+        .as_ref()
+        .unwrap()
+        .get("Switchyard-Reason")
+        .unwrap()
+        .as_str()
+        .to_string();
     assert!(reason.starts_with("undecodable envelope"), "{reason}");
     // The worker kept running: a good request still works.
-    let chunks = h.call(request("openai/gpt-4o-mini", "still alive", false), PROVIDER_KEY, chrono::Duration::seconds(30)).await;
+    let chunks = h
+        .call(
+            request("openai/gpt-4o-mini", "still alive", false),
+            PROVIDER_KEY,
+            chrono::Duration::seconds(30),
+        )
+        .await;
     assert_eq!(content(&chunks), "echo: still alive");
     assert_eq!(h.pending().await, 0);
 }

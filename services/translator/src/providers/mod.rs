@@ -84,6 +84,9 @@ mod tests {
 
     #[test]
     fn scrub_removes_the_key() {
-        assert_eq!(scrub("bad key sk-secret-123", "sk-secret-123"), "bad key <redacted>");
+        assert_eq!(
+            scrub("bad key sk-secret-123", "sk-secret-123"),
+            "bad key <redacted>"
+        );
     }
 }

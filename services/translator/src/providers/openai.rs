@@ -3,8 +3,8 @@
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use schemas::{
-    ChatRequest, ContentPart, Delta, ErrorBody, ErrorKind, FinishReason, Message, Role, ToolCallDelta,
-    ToolChoice, Usage,
+    ChatRequest, ContentPart, Delta, ErrorBody, ErrorKind, FinishReason, Message, Role,
+    ToolCallDelta, ToolChoice, Usage,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -68,7 +68,12 @@ impl OpenAi {
         if !status.is_success() {
             let retry = retry_after_ms(response.headers());
             let text = response.text().await.unwrap_or_default();
-            return Err(Failure::Reply(error_from_body(status.as_u16(), &text, retry, key)));
+            return Err(Failure::Reply(error_from_body(
+                status.as_u16(),
+                &text,
+                retry,
+                key,
+            )));
         }
         if request.stream {
             self.stream(response, sink, key).await
@@ -119,7 +124,12 @@ impl OpenAi {
         }
     }
 
-    async fn stream(&self, response: reqwest::Response, sink: &mut ChunkSink, key: &str) -> Result<(), Failure> {
+    async fn stream(
+        &self,
+        response: reqwest::Response,
+        sink: &mut ChunkSink,
+        key: &str,
+    ) -> Result<(), Failure> {
         let mut events = response.bytes_stream().eventsource();
         while let Some(event) = events.next().await {
             let event = match event {
@@ -127,7 +137,10 @@ impl OpenAi {
                 Err(e) => {
                     return Err(Failure::Reply(ErrorBody::new(
                         ErrorKind::Upstream,
-                        format!("openai's stream broke before [DONE] ({}): the answer may be incomplete", scrub(&e.to_string(), key)),
+                        format!(
+                            "openai's stream broke before [DONE] ({}): the answer may be incomplete",
+                            scrub(&e.to_string(), key)
+                        ),
                     )));
                 }
             };
@@ -148,7 +161,10 @@ impl OpenAi {
             if let Some(err) = chunk.error {
                 return Err(Failure::Reply(ErrorBody::new(
                     ErrorKind::Upstream,
-                    scrub(&err.message.unwrap_or_else(|| "openai stream error".into()), key),
+                    scrub(
+                        &err.message.unwrap_or_else(|| "openai stream error".into()),
+                        key,
+                    ),
                 )));
             }
             let mut delta = None;
@@ -178,7 +194,8 @@ impl OpenAi {
             }
             let usage = chunk.usage.map(Usage::from);
             if delta.is_some() || finish.is_some() || usage.is_some() || !sink.started() {
-                sink.send(delta, finish, usage, chunk.model.as_deref(), false).await?;
+                sink.send(delta, finish, usage, chunk.model.as_deref(), false)
+                    .await?;
             }
         }
         Err(Failure::Reply(ErrorBody::new(
@@ -209,7 +226,10 @@ fn role(role: Role) -> &'static str {
 }
 
 fn message_json(m: &Message) -> Value {
-    let only_text = m.content.iter().all(|p| matches!(p, ContentPart::Text { .. }));
+    let only_text = m
+        .content
+        .iter()
+        .all(|p| matches!(p, ContentPart::Text { .. }));
     let content = if m.content.is_empty() {
         Value::Null
     } else if only_text && m.content.len() == 1 {
@@ -290,7 +310,11 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Value {
                     if let Some(d) = &t.description {
                         f["description"] = json!(d);
                     }
-                    if let Some(params) = t.parameters_json.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()) {
+                    if let Some(params) = t
+                        .parameters_json
+                        .as_deref()
+                        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                    {
                         f["parameters"] = params;
                     }
                     json!({"type": "function", "function": f})
@@ -303,7 +327,9 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Value {
             ToolChoice::Auto => json!("auto"),
             ToolChoice::None => json!("none"),
             ToolChoice::Required => json!("required"),
-            ToolChoice::Function { name } => json!({"type": "function", "function": {"name": name}}),
+            ToolChoice::Function { name } => {
+                json!({"type": "function", "function": {"name": name}})
+            }
         };
     }
     if request.stream {
@@ -315,7 +341,12 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Value {
 }
 
 /// Our error for an OpenAI error response.
-pub fn error_from_body(status: u16, text: &str, retry_after_ms: Option<u64>, key: &str) -> ErrorBody {
+pub fn error_from_body(
+    status: u16,
+    text: &str,
+    retry_after_ms: Option<u64>,
+    key: &str,
+) -> ErrorBody {
     let message = serde_json::from_str::<ErrorEnvelope>(text)
         .ok()
         .and_then(|e| e.error.message)
@@ -469,8 +500,13 @@ mod tests {
                 Message {
                     role: Role::User,
                     content: vec![
-                        ContentPart::Text { text: "look".into() },
-                        ContentPart::Image { url: "https://x/i.png".into(), detail: None },
+                        ContentPart::Text {
+                            text: "look".into(),
+                        },
+                        ContentPart::Image {
+                            url: "https://x/i.png".into(),
+                            detail: None,
+                        },
                     ],
                     name: None,
                     tool_calls: vec![],
@@ -480,21 +516,39 @@ mod tests {
                     role: Role::Assistant,
                     content: vec![],
                     name: None,
-                    tool_calls: vec![ToolCall { id: "c1".into(), name: "f".into(), arguments: "{}".into() }],
+                    tool_calls: vec![ToolCall {
+                        id: "c1".into(),
+                        name: "f".into(),
+                        arguments: "{}".into(),
+                    }],
                     tool_call_id: None,
                 },
             ],
-            params: Params { max_tokens: Some(10), stop: vec!["x".into()], ..Params::default() },
-            tools: vec![Tool { name: "f".into(), description: None, parameters_json: Some(r#"{"type":"object"}"#.into()) }],
+            params: Params {
+                max_tokens: Some(10),
+                stop: vec!["x".into()],
+                ..Params::default()
+            },
+            tools: vec![Tool {
+                name: "f".into(),
+                description: None,
+                parameters_json: Some(r#"{"type":"object"}"#.into()),
+            }],
             tool_choice: Some(ToolChoice::Required),
             stream: true,
         };
         let body = request_body(&request, "gpt-4o-mini");
         assert_eq!(body["model"], "gpt-4o-mini");
         assert_eq!(body["messages"][0]["content"], "be brief");
-        assert_eq!(body["messages"][1]["content"][1]["image_url"]["url"], "https://x/i.png");
+        assert_eq!(
+            body["messages"][1]["content"][1]["image_url"]["url"],
+            "https://x/i.png"
+        );
         assert_eq!(body["messages"][2]["content"], Value::Null);
-        assert_eq!(body["messages"][2]["tool_calls"][0]["function"]["name"], "f");
+        assert_eq!(
+            body["messages"][2]["tool_calls"][0]["function"]["name"],
+            "f"
+        );
         assert_eq!(body["max_completion_tokens"], 10);
         assert_eq!(body["stop"], json!(["x"]));
         assert_eq!(body["tools"][0]["function"]["parameters"]["type"], "object");
