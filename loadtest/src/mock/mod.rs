@@ -1,0 +1,3 @@
+//! Mock providers speaking the providers' real wire formats.
+
+pub mod openai;
