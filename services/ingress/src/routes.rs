@@ -239,6 +239,9 @@ async fn handle_chat(
         // Register before publishing, so no reply can arrive unrouted.
         let mut registration = state.replies.register(request_id);
         publish(state, &subject, request_id, payload).await?;
+        // From here on a worker may be running it: if the caller goes away (this future
+        // is dropped) or the deadline passes, tell the worker to stop.
+        let mut cancel = CancelOnDrop::new(state, request_id);
 
         let first = next_chunk(&mut registration, deadline).await?;
         state
@@ -249,6 +252,7 @@ async fn handle_chat(
             })
             .observe(started.elapsed().as_secs_f64());
         if let Some(error) = first.error {
+            cancel.disarm();
             return Err(ApiError::from(error));
         }
         let context = ReplyContext {
@@ -276,6 +280,8 @@ async fn handle_chat(
             headers.insert("x-switchyard-served-model", m);
         }
         if stream {
+            // The forwarding task takes over noticing a caller who leaves.
+            cancel.disarm();
             let events = stream_events(
                 state,
                 registration,
@@ -291,6 +297,7 @@ async fn handle_chat(
             ))
         } else {
             let completion = collect(&mut registration, first, deadline).await?;
+            cancel.disarm();
             let body = completion.to_json(
                 &context.id,
                 context.created,
@@ -307,6 +314,41 @@ async fn handle_chat(
 fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "internal error");
     ApiError::new(ErrorKind::Internal, "internal error")
+}
+
+/// Publishes `cancel.<request>` when dropped while armed.
+struct CancelOnDrop {
+    client: async_nats::Client,
+    tracker: TaskTracker,
+    request_id: Uuid,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    fn new(state: &AppState, request_id: Uuid) -> Self {
+        Self {
+            client: state.client.clone(),
+            tracker: state.tracker.clone(),
+            request_id,
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let client = self.client.clone();
+            let subject = subjects::cancel(self.request_id);
+            self.tracker.spawn(async move {
+                let _ = client.publish(subject, Bytes::new()).await;
+            });
+        }
+    }
 }
 
 /// JetStream publish with an awaited PubAck; `Nats-Msg-Id` deduplicates retries.

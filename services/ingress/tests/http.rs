@@ -454,3 +454,34 @@ async fn metrics_count_requests_by_status() {
         .unwrap_or_else(|| panic!("no 400 counter in:\n{text}"));
     assert!(line.ends_with(" 1"), "{line}");
 }
+
+#[tokio::test]
+async fn a_caller_who_leaves_cancels_the_worker() {
+    let h = start(1 << 20, 30).await;
+    let mut cancels = h.client.subscribe("cancel.*").await.unwrap();
+    h.client.flush().await.unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let call = tokio::spawn(
+        impatient
+            .post(format!("{}/v1/chat/completions", h.base))
+            .bearer_auth(API_KEY)
+            .header("provider-key", PROVIDER_KEY)
+            .body(chat_body(false))
+            .send(),
+    );
+    let (message, envelope, _) = h.take_request().await;
+    // The worker never answers; the caller gives up after 300 ms.
+    assert!(call.await.unwrap().unwrap_err().is_timeout());
+    let cancel = tokio::time::timeout(Duration::from_secs(10), cancels.next())
+        .await
+        .expect("a cancel message")
+        .unwrap();
+    assert_eq!(
+        cancel.subject.as_str(),
+        schemas::subjects::cancel(envelope.request_id)
+    );
+    message.ack().await.unwrap();
+}

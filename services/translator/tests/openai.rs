@@ -353,3 +353,82 @@ async fn poison_messages_are_dead_lettered_with_the_reason() {
     assert_eq!(content(&chunks), "echo: still alive");
     assert_eq!(h.pending().await, 0);
 }
+
+#[tokio::test]
+async fn a_cancel_stops_the_provider_call() {
+    // The mock waits 30 s before answering; the cancel must cut that short.
+    let h = start(MockConfig {
+        latency: Duration::from_secs(30),
+        ..MockConfig::default()
+    })
+    .await;
+    let id = Uuid::now_v7();
+    let reply = format!("reply.test.{}", id.simple());
+    let mut sub = h.client.subscribe(reply.clone()).await.unwrap();
+    let request = request("openai/gpt-4o-mini", "slow", false);
+    let plain = schemas::encode(&SealedRequest {
+        request: request.clone(),
+        provider_key: Some(PROVIDER_KEY.into()),
+    })
+    .unwrap();
+    let envelope = RequestEnvelope {
+        schema_version: 1,
+        request_id: id,
+        account: "dev".into(),
+        created_at: Utc::now(),
+        deadline: Utc::now() + chrono::Duration::seconds(60),
+        reply: ReplyTarget::Stream { subject: reply },
+        model: request.model.clone(),
+        body: h.seal.seal(id, &plain).unwrap(),
+    };
+    h.js.publish(
+        "req.closed.openai",
+        schemas::encode(&envelope).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // Cancel once the translator holds the message (it is then ack-pending).
+    loop {
+        let mut c: jetstream::consumer::PullConsumer =
+            h.js.get_stream("REQUESTS")
+                .await
+                .unwrap()
+                .get_consumer("translator")
+                .await
+                .unwrap();
+        if c.info().await.unwrap().num_ack_pending == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    // The translator subscribes to the cancel subject right after taking the message;
+    // publish until its answer arrives.
+    let chunk = loop {
+        h.client
+            .publish(schemas::subjects::cancel(id), "".into())
+            .await
+            .unwrap();
+        if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+            break schemas::decode::<ReplyChunk>(&msg.payload).unwrap();
+        }
+    };
+    let error = chunk.error.unwrap();
+    assert!(error.message.contains("cancelled"), "{}", error.message);
+    assert!(chunk.last);
+    // Acked, not left for redelivery.
+    let mut c: jetstream::consumer::PullConsumer =
+        h.js.get_stream("REQUESTS")
+            .await
+            .unwrap()
+            .get_consumer("translator")
+            .await
+            .unwrap();
+    let mut info = c.info().await.unwrap().clone();
+    while info.num_ack_pending != 0 {
+        tokio::task::yield_now().await;
+        info = c.info().await.unwrap().clone();
+    }
+    assert_eq!(info.num_pending, 0);
+}
