@@ -38,13 +38,7 @@ enum Cmd {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    switchyard_telemetry::init_tracing();
     let cli = Cli::parse();
     match cli.command {
         Cmd::Apply { dir, replicas } => {

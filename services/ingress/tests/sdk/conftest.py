@@ -53,3 +53,14 @@ def make_client(sy: stack.Stack, provider_key: str, api_key: str | None = None) 
 @pytest.fixture
 def client(sy: stack.Stack, canary: str) -> OpenAI:
     return make_client(sy, canary)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test shows the tail of every service's log (the keys here are test keys)."""
+    report = yield
+    sy = getattr(item, "funcargs", {}).get("sy")
+    if report.when == "call" and report.failed and sy is not None:
+        for name, path in sy.logs.items():
+            report.sections.append((f"{name} log: {path}", stack.tail(path, 25)))
+    return report

@@ -1,0 +1,70 @@
+# Switchyard's commands. `just` itself comes from `bash infra/install-tools.sh`
+# (then: .tools/bin/just, or put .tools/bin on PATH).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# One shared cargo target dir for every clone on this machine (CI clones start warm).
+export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", env_var_or_default("HOME", "/tmp") / ".cache/switchyard/target")
+
+repo := justfile_directory()
+python := repo / ".tools/venv/bin/python"
+nats_server := repo / ".tools/bin/nats-server"
+bin_dir := CARGO_TARGET_DIR / "debug"
+
+# List the recipes.
+default:
+    @{{just_executable()}} --justfile {{justfile()}} --list
+
+# Install the pinned tools into .tools/ (nats-server 2.15, just, pytest, openai); no-op when done.
+tools:
+    @bash infra/install-tools.sh
+
+# Build every binary (debug).
+build:
+    cargo build --workspace --bins
+
+# Start nats-server, Postgres (if down), every service and the mock provider; print the API.
+up: tools build
+    python3 infra/stack.py up --bin-dir {{bin_dir}}
+
+# Stop exactly what `just up` started.
+down:
+    python3 infra/stack.py down
+
+# What `just up` started, and whether it still runs.
+status:
+    python3 infra/stack.py status
+
+# Logs of the stack from `just up`: `just logs`, `just logs ingress`, `just logs -f translator`.
+logs *args:
+    python3 infra/stack.py logs {{args}}
+
+# Every test: Rust unit + integration tests (real nats-server), then the SDK end-to-end tests.
+test: tools build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export SWITCHYARD_NATS_SERVER="{{nats_server}}"
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --workspace --no-tests=warn
+    else
+        echo "cargo-nextest not found; using cargo test" >&2
+        cargo test --workspace
+    fi
+    SWITCHYARD_BIN_DIR="{{bin_dir}}" "{{python}}" -m pytest services/ingress/tests/sdk -q
+
+# Only the SDK end-to-end tests (after `just build`); extra args go to pytest.
+test-e2e *args: tools build
+    SWITCHYARD_BIN_DIR="{{bin_dir}}" SWITCHYARD_NATS_SERVER="{{nats_server}}" "{{python}}" -m pytest services/ingress/tests/sdk -q {{args}}
+
+# Benchmark: the mock provider directly vs. through Switchyard; appends to loadtest/RESULTS.md.
+bench *args: tools
+    "{{python}}" loadtest/bench.py {{args}}
+
+# Formatting and clippy, warnings are errors.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Regenerate the exported JSON Schemas under schemas/json/.
+schemas:
+    UPDATE_SCHEMAS=1 cargo test -p switchyard-schemas json_schema
