@@ -31,6 +31,8 @@ pub use chunk::{Delta, FinishReason, ReplyChunk, ToolCallDelta, Usage};
 pub use codec::{CodecError, decode, encode};
 pub use envelope::{ReplyTarget, RequestEnvelope, SealedRequest};
 pub use error::{ErrorBody, ErrorKind};
+#[cfg(feature = "cli")]
+pub use seal::SealKeyArgs;
 pub use seal::{SealError, SealKey, Sealed};
 
 /// The schema version this build writes. Readers accept every version up to this one.

@@ -132,6 +132,51 @@ impl SealKey {
     }
 }
 
+/// The seal key flags every service that seals or opens bodies takes (feature `cli`).
+#[cfg(feature = "cli")]
+#[derive(Clone, Default, clap::Args)]
+pub struct SealKeyArgs {
+    /// AES-256-GCM key that seals request bodies (base64 of 32 bytes); the ingress and
+    /// every worker hold the same key.
+    #[arg(
+        long,
+        env = "SWITCHYARD_SEAL_KEY",
+        hide_env_values = true,
+        required_unless_present = "seal_key_file"
+    )]
+    pub seal_key: Option<String>,
+
+    /// File holding the seal key (base64), instead of `SWITCHYARD_SEAL_KEY`.
+    #[arg(long, env = "SWITCHYARD_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<std::path::PathBuf>,
+}
+
+#[cfg(feature = "cli")]
+impl SealKeyArgs {
+    /// Inline base64 text.
+    pub fn inline(text: impl Into<String>) -> Self {
+        Self {
+            seal_key: Some(text.into()),
+            seal_key_file: None,
+        }
+    }
+
+    /// The key, from the environment or the key file.
+    pub fn load(&self) -> Result<SealKey, SealError> {
+        SealKey::load(self.seal_key.as_deref(), self.seal_key_file.as_deref())
+    }
+}
+
+#[cfg(feature = "cli")]
+impl std::fmt::Debug for SealKeyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealKeyArgs")
+            .field("seal_key", &self.seal_key.as_ref().map(|_| "<redacted>"))
+            .field("seal_key_file", &self.seal_key_file)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

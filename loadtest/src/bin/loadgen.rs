@@ -64,7 +64,7 @@ fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    cli::init_tracing("warn");
+    switchyard_telemetry::init_tracing_with("warn");
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -97,7 +97,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.validate()?;
     let runtime =
         cli::runtime(usize::from(args.threads)).context("cannot start the tokio runtime")?;
-    let summary = runtime.block_on(loadgen::run(&config, cli::shutdown_signal()))?;
+    let summary = runtime.block_on(loadgen::run(
+        &config,
+        switchyard_telemetry::shutdown_signal(),
+    ))?;
     report(&summary, args.json)
 }
 

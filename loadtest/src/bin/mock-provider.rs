@@ -41,7 +41,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    cli::init_tracing("info");
+    switchyard_telemetry::init_tracing_with("info");
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -70,7 +70,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, ?config, "mock OpenAI provider listening");
         announce(addr)?;
-        openai::serve(listener, config, cli::shutdown_signal()).await?;
+        openai::serve(listener, config, switchyard_telemetry::shutdown_signal()).await?;
         tracing::info!("mock OpenAI provider stopped");
         Ok(())
     })

@@ -1,11 +1,10 @@
 //! Ingress configuration: flags, each also read from the environment.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use schemas::SealKey;
+use schemas::{SealKey, SealKeyArgs};
 
 /// Switchyard's HTTP API: OpenAI-compatible chat completions over NATS JetStream.
 #[derive(Clone, Parser)]
@@ -24,19 +23,8 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_DEV_API_KEY", hide_env_values = true)]
     pub dev_api_key: String,
 
-    /// AES-256-GCM key that seals request bodies (base64 of 32 bytes). Workers hold
-    /// the same key.
-    #[arg(
-        long,
-        env = "SWITCHYARD_SEAL_KEY",
-        hide_env_values = true,
-        required_unless_present = "seal_key_file"
-    )]
-    pub seal_key: Option<String>,
-
-    /// File holding the seal key (base64), instead of `SWITCHYARD_SEAL_KEY`.
-    #[arg(long, env = "SWITCHYARD_SEAL_KEY_FILE")]
-    pub seal_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub seal: SealKeyArgs,
 
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "INGRESS_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
@@ -83,10 +71,7 @@ pub enum ConfigError {
 impl Config {
     /// The seal key, from the environment or the key file.
     pub fn seal_key(&self) -> Result<SealKey, ConfigError> {
-        Ok(SealKey::load(
-            self.seal_key.as_deref(),
-            self.seal_key_file.as_deref(),
-        )?)
+        Ok(self.seal.load()?)
     }
 
     /// The ingress id used in reply subjects.

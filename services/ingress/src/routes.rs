@@ -82,7 +82,7 @@ async fn metrics(State(state): State<Shared>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            switchyard_telemetry::METRICS_CONTENT_TYPE,
         )],
         state.metrics.render(),
     )
@@ -202,6 +202,11 @@ async fn handle_chat(
         .to_string();
 
     let request_id = Uuid::now_v7();
+    let traceparent = headers
+        .get(schemas::headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| schemas::headers::is_traceparent(v))
+        .map(str::to_string);
     let span =
         tracing::info_span!("chat", %request_id, model = %request.model, stream = request.stream);
     let stream = request.stream;
@@ -238,7 +243,7 @@ async fn handle_chat(
     async move {
         // Register before publishing, so no reply can arrive unrouted.
         let mut registration = state.replies.register(request_id);
-        publish(state, &subject, request_id, payload).await?;
+        publish(state, &subject, request_id, payload, traceparent.as_deref()).await?;
         // From here on a worker may be running it: if the caller goes away (this future
         // is dropped) or the deadline passes, tell the worker to stop.
         let mut cancel = CancelOnDrop::new(state, request_id);
@@ -357,6 +362,7 @@ async fn publish(
     subject: &str,
     id: Uuid,
     payload: Vec<u8>,
+    traceparent: Option<&str>,
 ) -> Result<(), ApiError> {
     let unavailable = |e: &dyn std::fmt::Display| {
         tracing::warn!(error = %e, "cannot queue request");
@@ -367,9 +373,12 @@ async fn publish(
         body.retry_after_ms = Some(1000);
         ApiError::from(body)
     };
-    let message = jetstream::message::PublishMessage::build()
+    let mut message = jetstream::message::PublishMessage::build()
         .payload(payload.into())
         .message_id(id.to_string());
+    if let Some(tp) = traceparent {
+        message = message.header(schemas::headers::TRACEPARENT, tp);
+    }
     let ack = state
         .js
         .send_publish(subject.to_string(), message)

@@ -49,8 +49,7 @@ async fn start(max_body_bytes: usize, timeout_secs: u64) -> Harness {
         bind: "127.0.0.1:0".parse().unwrap(),
         nats_url: nats.url().to_string(),
         dev_api_key: API_KEY.into(),
-        seal_key: Some(seal_text.clone()),
-        seal_key_file: None,
+        seal: schemas::SealKeyArgs::inline(seal_text.clone()),
         max_body_bytes,
         request_timeout_secs: timeout_secs,
         publish_timeout_ms: 5000,
@@ -275,7 +274,12 @@ async fn bad_input_gets_openai_style_4xx() {
 #[tokio::test]
 async fn non_streaming_request_is_sealed_published_and_answered() {
     let h = start(1 << 20, 10).await;
-    let call = tokio::spawn(h.post(chat_body(false)).send());
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let call = tokio::spawn(
+        h.post(chat_body(false))
+            .header("traceparent", traceparent)
+            .send(),
+    );
 
     let (message, envelope, sealed) = h.take_request().await;
     // Sealed on the wire: neither prompt nor key in the stored bytes.
@@ -288,6 +292,7 @@ async fn non_streaming_request_is_sealed_published_and_answered() {
         headers.get("Nats-Msg-Id").unwrap().as_str(),
         envelope.request_id.to_string()
     );
+    assert_eq!(headers.get("traceparent").unwrap().as_str(), traceparent);
     assert_eq!(envelope.request_id.get_version_num(), 7);
     assert_eq!(envelope.account, "dev");
     assert!(envelope.deadline > envelope.created_at);

@@ -1,16 +1,25 @@
 //! Process set-up every Switchyard binary shares, so it is written once:
-//! [`init_tracing`] (the `RUST_LOG` filter, JSON lines when stderr is not a terminal)
-//! and [`shutdown_on_signal`] (SIGINT/SIGTERM cancel a token that `run` functions take).
+//! [`init_tracing`] (the `RUST_LOG` filter, JSON lines when stderr is not a terminal),
+//! [`shutdown_signal`] / [`shutdown_on_signal`] (SIGINT/SIGTERM), and
+//! [`metrics_text`] (the Prometheus exposition of a registry).
 
 use std::io::IsTerminal;
 
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber: `RUST_LOG` (default `info`), logs to stderr, JSON
-/// when stderr is not a terminal. Safe to call more than once (later calls do nothing).
+/// Installs the global subscriber with the `info` default filter; see [`init_tracing_with`].
 pub fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_tracing_with("info");
+}
+
+/// Installs the global subscriber: `RUST_LOG`, else `default_filter`; logs to stderr
+/// (stdout stays free for results), JSON lines when stderr is not a terminal, no colour
+/// codes then. Safe to call more than once (later calls do nothing).
+pub fn init_tracing_with(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -21,38 +30,50 @@ pub fn init_tracing() {
     };
 }
 
-/// A token cancelled on the first SIGINT or SIGTERM.
+/// Completes on the first SIGINT (ctrl-c) or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only ctrl-c stops this process");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutdown signal received");
+}
+
+/// A token cancelled by [`shutdown_signal`]; `run(config, shutdown)` functions take it.
 pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     // The watcher lives as long as the process; nothing needs to wait for it.
     #[allow(clippy::disallowed_methods)]
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown signal received");
+        shutdown_signal().await;
         cancel.cancel();
     });
     token
 }
 
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only ctrl-c stops this process");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
+/// The content type of [`metrics_text`].
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+/// The OpenMetrics text exposition of `registry` (what `GET /metrics` answers).
+pub fn metrics_text(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
 }

@@ -1,11 +1,10 @@
 //! Translator configuration: flags, each also read from the environment.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use schemas::SealKey;
+use schemas::{SealKey, SealKeyArgs};
 
 /// Closed-model worker: pulls `req.closed.<provider>` from JetStream, calls the
 /// provider with the caller's key, and streams the answer back.
@@ -16,19 +15,8 @@ pub struct Config {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
-    /// AES-256-GCM key that opens request bodies (base64 of 32 bytes); the ingress holds
-    /// the same key.
-    #[arg(
-        long,
-        env = "SWITCHYARD_SEAL_KEY",
-        hide_env_values = true,
-        required_unless_present = "seal_key_file"
-    )]
-    pub seal_key: Option<String>,
-
-    /// File holding the seal key (base64), instead of `SWITCHYARD_SEAL_KEY`.
-    #[arg(long, env = "SWITCHYARD_SEAL_KEY_FILE")]
-    pub seal_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub seal: SealKeyArgs,
 
     /// OpenAI API base URL; the translator POSTs `{base}/chat/completions`.
     #[arg(
@@ -75,10 +63,7 @@ pub enum ConfigError {
 impl Config {
     /// The seal key, from the environment or the key file.
     pub fn seal_key(&self) -> Result<SealKey, ConfigError> {
-        Ok(SealKey::load(
-            self.seal_key.as_deref(),
-            self.seal_key_file.as_deref(),
-        )?)
+        Ok(self.seal.load()?)
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -172,7 +172,7 @@ async fn metrics_text(State(health): State<Arc<Health>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            switchyard_telemetry::METRICS_CONTENT_TYPE,
         )],
         health.worker.metrics.render(),
     )

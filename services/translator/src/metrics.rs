@@ -80,11 +80,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        switchyard_telemetry::metrics_text(&self.registry)
     }
 }

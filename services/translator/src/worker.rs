@@ -141,8 +141,19 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
             .await;
         }
     };
-    let span =
-        tracing::info_span!("request", request_id = %envelope.request_id, model = %envelope.model);
+    // The caller's W3C trace context, carried in a header by the ingress.
+    let traceparent = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(schemas::headers::TRACEPARENT))
+        .map(|v| v.as_str().to_string())
+        .filter(|v| schemas::headers::is_traceparent(v));
+    let span = tracing::info_span!(
+        "request",
+        request_id = %envelope.request_id,
+        model = %envelope.model,
+        traceparent = traceparent.as_deref().unwrap_or_default(),
+    );
     async {
         let mut sink = ChunkSink::new(
             worker.client.clone(),

@@ -59,8 +59,7 @@ async fn start(mock: MockConfig) -> Harness {
     let seal_text = SealKey::generate_base64();
     let config = Config {
         nats_url: nats.url().to_string(),
-        seal_key: Some(seal_text.clone()),
-        seal_key_file: None,
+        seal: schemas::SealKeyArgs::inline(seal_text.clone()),
         openai_base_url: mock_url,
         bind: "127.0.0.1:0".parse().unwrap(),
         concurrency: 8,
@@ -96,16 +95,16 @@ fn request(model: &str, text: &str, stream: bool) -> ChatRequest {
 }
 
 impl Harness {
-    /// Publishes like the ingress does and collects the reply chunks up to the last.
-    async fn call(
+    /// Publishes like the ingress does; returns the request id and its reply subscription.
+    async fn publish(
         &self,
         request: ChatRequest,
         key: &str,
         deadline_in: chrono::Duration,
-    ) -> Vec<ReplyChunk> {
+    ) -> (Uuid, async_nats::Subscriber) {
         let id = Uuid::now_v7();
         let reply = format!("reply.test.{}", id.simple());
-        let mut sub = self.client.subscribe(reply.clone()).await.unwrap();
+        let sub = self.client.subscribe(reply.clone()).await.unwrap();
         let plain = schemas::encode(&SealedRequest {
             request: request.clone(),
             provider_key: Some(key.into()),
@@ -132,6 +131,17 @@ impl Harness {
             .unwrap()
             .await
             .unwrap();
+        (id, sub)
+    }
+
+    /// Publishes and collects the reply chunks up to the last.
+    async fn call(
+        &self,
+        request: ChatRequest,
+        key: &str,
+        deadline_in: chrono::Duration,
+    ) -> Vec<ReplyChunk> {
+        let (id, mut sub) = self.publish(request, key, deadline_in).await;
         let mut chunks = Vec::new();
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(20), sub.next())
@@ -152,7 +162,7 @@ impl Harness {
         chunks
     }
 
-    async fn pending(&self) -> u64 {
+    async fn consumer_info(&self) -> jetstream::consumer::Info {
         let mut c: jetstream::consumer::PullConsumer = self
             .js
             .get_stream("REQUESTS")
@@ -161,7 +171,11 @@ impl Harness {
             .get_consumer("translator")
             .await
             .unwrap();
-        let info = c.info().await.unwrap();
+        c.info().await.unwrap().clone()
+    }
+
+    async fn pending(&self) -> u64 {
+        let info = self.consumer_info().await;
         info.num_pending + info.num_ack_pending as u64
     }
 }
@@ -362,47 +376,21 @@ async fn a_cancel_stops_the_provider_call() {
         ..MockConfig::default()
     })
     .await;
-    let id = Uuid::now_v7();
-    let reply = format!("reply.test.{}", id.simple());
-    let mut sub = h.client.subscribe(reply.clone()).await.unwrap();
-    let request = request("openai/gpt-4o-mini", "slow", false);
-    let plain = schemas::encode(&SealedRequest {
-        request: request.clone(),
-        provider_key: Some(PROVIDER_KEY.into()),
-    })
-    .unwrap();
-    let envelope = RequestEnvelope {
-        schema_version: 1,
-        request_id: id,
-        account: "dev".into(),
-        created_at: Utc::now(),
-        deadline: Utc::now() + chrono::Duration::seconds(60),
-        reply: ReplyTarget::Stream { subject: reply },
-        model: request.model.clone(),
-        body: h.seal.seal(id, &plain).unwrap(),
-    };
-    h.js.publish(
-        "req.closed.openai",
-        schemas::encode(&envelope).unwrap().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    let (id, mut sub) = h
+        .publish(
+            request("openai/gpt-4o-mini", "slow", false),
+            PROVIDER_KEY,
+            chrono::Duration::seconds(60),
+        )
+        .await;
     // Cancel once the translator holds the message (it is then ack-pending).
-    loop {
-        let mut c: jetstream::consumer::PullConsumer =
-            h.js.get_stream("REQUESTS")
-                .await
-                .unwrap()
-                .get_consumer("translator")
-                .await
-                .unwrap();
-        if c.info().await.unwrap().num_ack_pending == 1 {
-            break;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while h.consumer_info().await.num_ack_pending != 1 {
+            tokio::task::yield_now().await;
         }
-        tokio::task::yield_now().await;
-    }
+    })
+    .await
+    .expect("the translator took the message");
     // The translator subscribes to the cancel subject right after taking the message;
     // publish until its answer arrives.
     let chunk = loop {
@@ -418,17 +406,11 @@ async fn a_cancel_stops_the_provider_call() {
     assert!(error.message.contains("cancelled"), "{}", error.message);
     assert!(chunk.last);
     // Acked, not left for redelivery.
-    let mut c: jetstream::consumer::PullConsumer =
-        h.js.get_stream("REQUESTS")
-            .await
-            .unwrap()
-            .get_consumer("translator")
-            .await
-            .unwrap();
-    let mut info = c.info().await.unwrap().clone();
-    while info.num_ack_pending != 0 {
-        tokio::task::yield_now().await;
-        info = c.info().await.unwrap().clone();
-    }
-    assert_eq!(info.num_pending, 0);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while h.pending().await != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the cancelled request was acked");
 }
