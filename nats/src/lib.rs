@@ -31,6 +31,11 @@ pub enum Error {
     },
     #[error("cannot apply stream {name}: {message}")]
     Stream { name: String, message: String },
+    #[error(
+        "stream {name} exists with a setting that cannot change in place ({message}); \
+         recreate it with `switchyard-nats apply --recreate {name}` (its messages are lost)"
+    )]
+    Immutable { name: String, message: String },
     #[error("cannot apply consumer {stream}/{name}: {message}")]
     Consumer {
         stream: String,
@@ -216,14 +221,40 @@ pub struct Applied {
 /// Creates or updates every stream, then every consumer, then every KV bucket.
 /// Running it again with the same definitions changes nothing.
 pub async fn apply(js: &jetstream::Context, defs: &Definitions) -> Result<Applied, Error> {
+    apply_recreating(js, defs, &[]).await
+}
+
+/// Like [`apply`], but first deletes the streams named in `recreate` (losing their
+/// messages) so that settings NATS cannot change in place take effect.
+pub async fn apply_recreating(
+    js: &jetstream::Context,
+    defs: &Definitions,
+    recreate: &[String],
+) -> Result<Applied, Error> {
     let mut applied = Applied::default();
+    for name in recreate {
+        match js.delete_stream(name).await {
+            Ok(_) => tracing::warn!(stream = %name, "stream deleted to be recreated"),
+            Err(e) => tracing::info!(stream = %name, error = %e, "stream not deleted"),
+        }
+    }
     for config in &defs.streams {
         let name = config.name.clone();
         js.create_or_update_stream(config.clone())
             .await
-            .map_err(|e| Error::Stream {
-                name: name.clone(),
-                message: e.to_string(),
+            .map_err(|e| {
+                let message = e.to_string();
+                if message.contains("can not change") {
+                    Error::Immutable {
+                        name: name.clone(),
+                        message,
+                    }
+                } else {
+                    Error::Stream {
+                        name: name.clone(),
+                        message,
+                    }
+                }
             })?;
         tracing::info!(stream = %name, "stream applied");
         applied.streams.push(name);

@@ -55,3 +55,39 @@ async fn apply_is_idempotent_and_creates_everything() {
         std::time::Duration::from_secs(3600)
     );
 }
+
+#[tokio::test]
+async fn requests_are_persisted_asynchronously_and_an_older_stream_is_recreated() {
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    let defs = Definitions::embedded().unwrap();
+    // A REQUESTS stream as an older build created it: default persistence.
+    let mut old = defs
+        .streams
+        .iter()
+        .find(|s| s.name == "REQUESTS")
+        .unwrap()
+        .clone();
+    old.persist_mode = None;
+    js.create_stream(old).await.unwrap();
+
+    // NATS cannot change the persist mode in place: the error says how to recreate it.
+    let err = apply(&js, &defs).await.unwrap_err();
+    assert!(matches!(&err, switchyard_nats::Error::Immutable { name, .. } if name == "REQUESTS"));
+    assert!(err.to_string().contains("--recreate REQUESTS"), "{err}");
+
+    switchyard_nats::apply_recreating(&js, &defs, &["REQUESTS".to_string()])
+        .await
+        .unwrap();
+    let mut requests = js.get_stream("REQUESTS").await.unwrap();
+    assert_eq!(
+        requests.info().await.unwrap().config.persist_mode,
+        Some(jetstream::stream::PersistenceMode::Async)
+    );
+    // Money is never acked before it is on disk.
+    let mut usage = js.get_stream("USAGE").await.unwrap();
+    assert_ne!(
+        usage.info().await.unwrap().config.persist_mode,
+        Some(jetstream::stream::PersistenceMode::Async)
+    );
+}

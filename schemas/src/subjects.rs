@@ -188,6 +188,18 @@ pub fn cancel(request_id: Uuid) -> String {
     format!("cancel.{}", request_id.simple())
 }
 
+/// The wildcard a worker subscribes to for every cancellation.
+pub fn cancel_wildcard() -> &'static str {
+    "cancel.*"
+}
+
+/// The request id of a `cancel.<request>` subject.
+pub fn request_id_of_cancel(subject: &str) -> Option<Uuid> {
+    subject
+        .strip_prefix("cancel.")
+        .and_then(|id| Uuid::try_parse(id).ok())
+}
+
 /// `dlq.<stream>.<consumer>`
 pub fn dead_letter(stream: &str, consumer: &str) -> String {
     format!("dlq.{stream}.{consumer}")
@@ -264,6 +276,8 @@ mod tests {
         assert!(subject.starts_with("reply.ing1."));
         assert_eq!(subject.split('.').count(), 3);
         assert_eq!(request_id_of_reply(&subject), Some(id));
+        assert_eq!(request_id_of_cancel(&cancel(id)), Some(id));
+        assert_eq!(request_id_of_cancel("cancel.nonsense"), None);
         assert_eq!(closed_request(Provider::OpenAi), "req.closed.openai");
         assert_eq!(
             dead_letter("REQUESTS", "translator"),

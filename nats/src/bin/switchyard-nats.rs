@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use switchyard_nats::{Definitions, apply};
+use switchyard_nats::{Definitions, apply_recreating};
 
 /// Applies Switchyard's NATS definitions (streams, consumers, KV buckets), idempotently.
 #[derive(Debug, Parser)]
@@ -33,6 +33,10 @@ enum Cmd {
         /// Replicas for every stream and bucket (3 on a production cluster).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
         replicas: u8,
+        /// Delete and recreate these streams first (their messages are lost), for
+        /// settings NATS cannot change in place, e.g. a stream's persist mode.
+        #[arg(long, value_delimiter = ',')]
+        recreate: Vec<String>,
     },
 }
 
@@ -41,7 +45,11 @@ async fn main() -> anyhow::Result<()> {
     switchyard_telemetry::init_tracing();
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Apply { dir, replicas } => {
+        Cmd::Apply {
+            dir,
+            replicas,
+            recreate,
+        } => {
             let defs = match &dir {
                 Some(dir) => Definitions::load(dir)?,
                 None => Definitions::embedded()?,
@@ -51,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot connect to NATS at {}", cli.nats_url))?;
             let js = async_nats::jetstream::new(client);
-            let applied = apply(&js, &defs).await?;
+            let applied = apply_recreating(&js, &defs, &recreate).await?;
             tracing::info!(
                 streams = applied.streams.len(),
                 consumers = applied.consumers.len(),

@@ -6,12 +6,14 @@
 //!   out; poison messages are terminated and copied to the dead-letter stream.
 //! - [`providers`]: one module per provider's wire format (OpenAI for now).
 //! - [`sink`]: numbered reply chunks to `reply.<ingress>.<request>`.
+//! - [`cancels`]: `cancel.<request>` from the ingress stops a running provider call.
 //! - [`metrics`]: Prometheus metrics, served with `/healthz` on `TRANSLATOR_BIND`.
 //!
 //! Provider errors are answered to the caller (with `Retry-After` where the provider
 //! gave one) and the message is acked: the caller already has an answer, and running
 //! it again later would answer nobody.
 
+pub mod cancels;
 pub mod config;
 pub mod metrics;
 pub mod providers;
@@ -100,7 +102,12 @@ pub async fn serve(
         .tcp_nodelay(true)
         .build()
         .map_err(Error::Http)?;
+    let tracker = TaskTracker::new();
+    let cancels = cancels::Cancels::start(&client, &tracker, shutdown.clone())
+        .await
+        .map_err(|e| Error::Consumer(format!("cannot subscribe to cancellations: {e}")))?;
     let worker = Arc::new(worker::Worker {
+        cancels,
         openai: providers::openai::OpenAi::new(http, &config.openai_base_url),
         client,
         js,
@@ -111,7 +118,6 @@ pub async fn serve(
         worker: worker.clone(),
         consuming: AtomicBool::new(false),
     });
-    let tracker = TaskTracker::new();
     let app = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))

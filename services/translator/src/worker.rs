@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::cancels::Cancels;
 use crate::metrics::{Metrics, OutcomeLabels, ProviderLabels, ReasonLabels};
 use crate::providers::openai::{self, Failure, OpenAi};
 use crate::sink::ChunkSink;
@@ -25,6 +26,7 @@ pub struct Worker {
     pub seal: SealKey,
     pub openai: OpenAi,
     pub metrics: Metrics,
+    pub cancels: Cancels,
 }
 
 /// While a request runs, its message is marked in progress this often so JetStream
@@ -271,16 +273,7 @@ async fn run(
             "missing provider key",
         )));
     };
-    let mut cancel = worker
-        .client
-        .subscribe(subjects::cancel(envelope.request_id))
-        .await
-        .map_err(|e| {
-            Failure::Reply(ErrorBody::new(
-                ErrorKind::Unavailable,
-                format!("cannot watch for cancellation: {e}"),
-            ))
-        })?;
+    let cancel = worker.cancels.watch(envelope.request_id);
     let remaining = (envelope.deadline - Utc::now())
         .to_std()
         .unwrap_or_default();
@@ -307,7 +300,7 @@ async fn run(
             _ = progress.tick() => {
                 let _ = message.ack_with(AckKind::Progress).await;
             }
-            Some(_) = cancel.next() => {
+            () = cancel.token.cancelled() => {
                 tracing::info!("cancelled by the caller");
                 break Err(Failure::Reply(ErrorBody::new(ErrorKind::InvalidRequest, "cancelled by the caller")));
             }
@@ -316,7 +309,7 @@ async fn run(
             }
         }
     };
-    let _ = cancel.unsubscribe().await;
+    drop(cancel);
     result
 }
 
