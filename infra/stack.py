@@ -504,9 +504,20 @@ class Stack:
         log = self.log_dir / "nats-apply.log"
         cmd = [str(self.cfg.bin_dir / "switchyard-nats"), "apply", "--nats-url", self.nats_url,
                "--dir", str(REPO / "nats")]
-        with open(log, "ab") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=base_env, cwd=REPO, timeout=120).returncode
+        def run(args: list[str]) -> int:
+            with open(log, "ab") as f:
+                return subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      env=base_env, cwd=REPO, timeout=120).returncode
+
+        rc = run(cmd)
+        # A dev store made by an older build may hold a stream whose settings NATS cannot
+        # change in place (e.g. REQUESTS' persist mode). On a server this stack started
+        # itself the messages are throwaway, so recreate it; never on someone else's.
+        recreate = sorted(set(re.findall(r"--recreate (\w+)", tail(log))))
+        if rc != 0 and recreate and NATS in self.services:
+            self._say(f"nats: recreating stream(s) {', '.join(recreate)} (settings changed since this store was made)")
+            cmd = cmd + ["--recreate", ",".join(recreate)]
+            rc = run(cmd)
         if rc != 0:
             raise StackError(f"`{shlex.join(cmd)}` exited {rc}; {log}:\n{tail(log)}")
         self._say(f"nats: applied {REPO / 'nats'} to {self.nats_url}")

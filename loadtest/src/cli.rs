@@ -1,12 +1,4 @@
-//! Setup shared by the binaries.
-
-use std::io::Write;
-
-/// Writes `error: <message: causes>` to stderr (no backtrace: these are usage errors).
-pub fn report_error(err: &anyhow::Error) {
-    tracing::debug!(error = ?err, "exiting with an error");
-    let _ = writeln!(std::io::stderr().lock(), "error: {err:#}");
-}
+//! Setup shared by the binaries (logging and signals come from `switchyard-telemetry`).
 
 /// A tokio runtime with `threads` workers: 1 is a current-thread runtime (pin it with
 /// `taskset`), 0 is tokio's default (one worker per core).

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            cli::report_error(&err);
+            switchyard_telemetry::report_error(&err);
             ExitCode::FAILURE
         }
     }

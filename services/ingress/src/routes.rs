@@ -147,7 +147,7 @@ async fn chat_completions(
     response
 }
 
-/// Publishes the request and answers with the first reply chunk's outcome.
+/// The OpenAI-compatible route: parse, run through the pipeline, answer JSON or SSE.
 async fn handle_chat(
     state: &Shared,
     headers: &HeaderMap,
@@ -155,7 +155,64 @@ async fn handle_chat(
     started: Instant,
 ) -> Result<(Response, bool), ApiError> {
     let account = authenticate(headers, &state.config.dev_api_key)?;
-    let body = body.map_err(|rejection| {
+    let body = read_body(state, body)?;
+    let normalized = openai::normalize(openai::parse_body(&body)?)?;
+    let include_usage = normalized.include_usage;
+    let prepared = prepare(state, headers, normalized.request, account)?;
+    let span = tracing::info_span!(
+        "chat",
+        request_id = %prepared.request_id,
+        model = %prepared.model,
+        stream = prepared.stream
+    );
+    async move {
+        let Dispatched {
+            mut registration,
+            first,
+            mut cancel,
+        } = dispatch(state, &prepared, started).await?;
+        let context = ReplyContext {
+            id: format!("chatcmpl-{}", prepared.request_id.simple()),
+            created: prepared.created_at.timestamp(),
+            model: prepared.model.clone(),
+            provider: first.provider.clone(),
+        };
+        let headers = answer_headers(prepared.request_id, &first);
+        if prepared.stream {
+            // The forwarding task takes over noticing a caller who leaves.
+            cancel.disarm();
+            let events = stream_events(
+                state,
+                registration,
+                first,
+                context,
+                include_usage,
+                prepared.deadline,
+                started,
+            );
+            Ok((
+                (headers, Sse::new(events).keep_alive(KeepAlive::default())).into_response(),
+                true,
+            ))
+        } else {
+            let completion = collect(&mut registration, first, prepared.deadline).await?;
+            cancel.disarm();
+            let body = completion.to_json(
+                &context.id,
+                context.created,
+                &context.model,
+                context.provider.as_deref(),
+            );
+            Ok(((headers, axum::Json(body)).into_response(), false))
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The body, or a 413 / 400 saying why it could not be read.
+fn read_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 ErrorKind::PayloadTooLarge,
@@ -170,9 +227,29 @@ async fn handle_chat(
                 format!("cannot read request body: {rejection}"),
             )
         }
-    })?;
-    let normalized = openai::normalize(openai::parse_body(&body)?)?;
-    let request = normalized.request;
+    })
+}
+
+/// A request sealed into its envelope, ready to publish.
+struct Prepared {
+    request_id: Uuid,
+    subject: String,
+    payload: Bytes,
+    traceparent: Option<String>,
+    model: String,
+    stream: bool,
+    created_at: chrono::DateTime<Utc>,
+    deadline: TokioInstant,
+}
+
+/// Routes the model, takes the caller's provider key, and seals the request into an
+/// envelope. Every route of the API goes through here.
+fn prepare(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: schemas::ChatRequest,
+    account: String,
+) -> Result<Prepared, ApiError> {
     let subject = match subjects::route_model(&request.model)
         .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.to_string()).with_param("model"))?
     {
@@ -200,22 +277,17 @@ async fn handle_chat(
             )
         })?
         .to_string();
-
-    let request_id = Uuid::now_v7();
     let traceparent = headers
         .get(schemas::headers::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .filter(|v| schemas::headers::is_traceparent(v))
         .map(str::to_string);
-    let span =
-        tracing::info_span!("chat", %request_id, model = %request.model, stream = request.stream);
-    let stream = request.stream;
-    let include_usage = normalized.include_usage;
-    let model = request.model.clone();
-    let now = Utc::now();
-    let timeout = state.config.request_timeout();
-    let deadline = TokioInstant::now() + timeout;
 
+    let request_id = Uuid::now_v7();
+    let model = request.model.clone();
+    let stream = request.stream;
+    let created_at = Utc::now();
+    let timeout = state.config.request_timeout();
     let sealed_plain = schemas::encode(&SealedRequest {
         request,
         provider_key: Some(provider_key),
@@ -225,95 +297,97 @@ async fn handle_chat(
         .seal
         .seal(request_id, &sealed_plain)
         .map_err(internal)?;
-    drop(sealed_plain);
     let envelope = RequestEnvelope {
         schema_version: schemas::SCHEMA_VERSION,
         request_id,
         account,
-        created_at: now,
-        deadline: now + chrono::Duration::from_std(timeout).map_err(internal)?,
+        created_at,
+        deadline: created_at + chrono::Duration::from_std(timeout).map_err(internal)?,
         reply: ReplyTarget::Stream {
             subject: state.replies.subject(request_id),
         },
         model: model.clone(),
         body,
     };
-    let payload = schemas::encode(&envelope).map_err(internal)?;
+    Ok(Prepared {
+        request_id,
+        subject,
+        payload: Bytes::from(schemas::encode(&envelope).map_err(internal)?),
+        traceparent,
+        model,
+        stream,
+        created_at,
+        deadline: TokioInstant::now() + timeout,
+    })
+}
 
-    async move {
-        // Register before publishing, so no reply can arrive unrouted.
-        let mut registration = state.replies.register(request_id);
-        publish(state, &subject, request_id, payload, traceparent.as_deref()).await?;
-        // From here on a worker may be running it: if the caller goes away (this future
-        // is dropped) or the deadline passes, tell the worker to stop.
-        let mut cancel = CancelOnDrop::new(state, request_id);
+/// A published request whose first reply chunk arrived (and was not an error).
+struct Dispatched {
+    registration: Registration,
+    first: ReplyChunk,
+    cancel: CancelOnDrop,
+}
 
-        let first = next_chunk(&mut registration, deadline).await?;
-        state
-            .metrics
-            .first_chunk
-            .get_or_create(&RouteLabels {
-                route: "chat_completions".into(),
-            })
-            .observe(started.elapsed().as_secs_f64());
-        if let Some(error) = first.error {
-            cancel.disarm();
-            return Err(ApiError::from(error));
-        }
-        let context = ReplyContext {
-            id: format!("chatcmpl-{}", request_id.simple()),
-            created: now.timestamp(),
-            model,
-            provider: first.provider.clone(),
-        };
-        let mut headers = HeaderMap::new();
-        if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
-            headers.insert("x-request-id", v);
-        }
-        if let Some(p) = context
-            .provider
-            .as_deref()
-            .and_then(|p| HeaderValue::from_str(p).ok())
-        {
-            headers.insert("x-switchyard-provider", p);
-        }
-        if let Some(m) = first
-            .model
-            .as_deref()
-            .and_then(|m| HeaderValue::from_str(m).ok())
-        {
-            headers.insert("x-switchyard-served-model", m);
-        }
-        if stream {
-            // The forwarding task takes over noticing a caller who leaves.
-            cancel.disarm();
-            let events = stream_events(
-                state,
-                registration,
-                first,
-                context,
-                include_usage,
-                deadline,
-                started,
-            );
-            Ok((
-                (headers, Sse::new(events).keep_alive(KeepAlive::default())).into_response(),
-                true,
-            ))
-        } else {
-            let completion = collect(&mut registration, first, deadline).await?;
-            cancel.disarm();
-            let body = completion.to_json(
-                &context.id,
-                context.created,
-                &context.model,
-                context.provider.as_deref(),
-            );
-            Ok(((headers, axum::Json(body)).into_response(), false))
-        }
+/// Publishes the request and waits for its first chunk; an error chunk becomes the
+/// answer's status.
+async fn dispatch(
+    state: &AppState,
+    prepared: &Prepared,
+    started: Instant,
+) -> Result<Dispatched, ApiError> {
+    // Register before publishing, so no reply can arrive unrouted.
+    let mut registration = state.replies.register(prepared.request_id);
+    publish(
+        state,
+        &prepared.subject,
+        prepared.request_id,
+        prepared.payload.clone(),
+        prepared.traceparent.as_deref(),
+    )
+    .await?;
+    // From here on a worker may be running it: if the caller goes away (this future
+    // is dropped) or the deadline passes, tell the worker to stop.
+    let mut cancel = CancelOnDrop::new(state, prepared.request_id);
+    let mut first = next_chunk(&mut registration, prepared.deadline).await?;
+    state
+        .metrics
+        .first_chunk
+        .get_or_create(&RouteLabels {
+            route: "chat_completions".into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(error) = first.error.take() {
+        cancel.disarm();
+        return Err(ApiError::from(error));
     }
-    .instrument(span)
-    .await
+    Ok(Dispatched {
+        registration,
+        first,
+        cancel,
+    })
+}
+
+/// `x-request-id`, and who served the answer.
+fn answer_headers(request_id: Uuid, first: &ReplyChunk) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
+        headers.insert("x-request-id", v);
+    }
+    if let Some(p) = first
+        .provider
+        .as_deref()
+        .and_then(|p| HeaderValue::from_str(p).ok())
+    {
+        headers.insert("x-switchyard-provider", p);
+    }
+    if let Some(m) = first
+        .model
+        .as_deref()
+        .and_then(|m| HeaderValue::from_str(m).ok())
+    {
+        headers.insert("x-switchyard-served-model", m);
+    }
+    headers
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -361,7 +435,7 @@ async fn publish(
     state: &AppState,
     subject: &str,
     id: Uuid,
-    payload: Vec<u8>,
+    payload: Bytes,
     traceparent: Option<&str>,
 ) -> Result<(), ApiError> {
     let unavailable = |e: &dyn std::fmt::Display| {
@@ -374,7 +448,7 @@ async fn publish(
         ApiError::from(body)
     };
     let mut message = jetstream::message::PublishMessage::build()
-        .payload(payload.into())
+        .payload(payload)
         .message_id(id.to_string());
     if let Some(tp) = traceparent {
         message = message.header(schemas::headers::TRACEPARENT, tp);

@@ -3,7 +3,8 @@
 //! [`shutdown_signal`] / [`shutdown_on_signal`] (SIGINT/SIGTERM), and
 //! [`metrics_text`] (the Prometheus exposition of a registry).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
 
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -76,4 +77,23 @@ pub fn metrics_text(registry: &Registry) -> String {
         out.clear();
     }
     out
+}
+
+/// Writes `error: <message: causes>` to stderr, for command-line tools whose user reads
+/// the terminal (no backtrace, whatever `RUST_BACKTRACE` says).
+pub fn report_error(err: &anyhow::Error) {
+    tracing::debug!(error = ?err, "exiting with an error");
+    let _ = writeln!(std::io::stderr().lock(), "error: {err:#}");
+}
+
+/// The exit code of a service's `main`: the error is logged once, as an event a log
+/// pipeline can read, and the process exits non-zero.
+pub fn service_exit<E: std::fmt::Display>(service: &str, result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{service} failed");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,14 +1,12 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 use switchyard_translator::{Config, run};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     switchyard_telemetry::init_tracing();
     let config = Config::parse();
     let shutdown = switchyard_telemetry::shutdown_on_signal();
-    if let Err(e) = run(config, shutdown).await {
-        tracing::error!(error = %e, "translator failed");
-        return Err(e.into());
-    }
-    Ok(())
+    switchyard_telemetry::service_exit("translator", run(config, shutdown).await)
 }
