@@ -221,6 +221,34 @@ mod tests {
     }
 
     #[test]
+    fn random_ids_round_trip_and_never_break_a_subject() {
+        use rand::{Rng, SeedableRng};
+        let alphabet: Vec<char> = "aZ09-_./:@+".chars().collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..20_000 {
+            let len = rng.random_range(1..=12);
+            let id: String = (0..len)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect();
+            let token = model_token(&id).unwrap();
+            assert!(!token.contains(['.', '*', '>', ' ']), "{id:?} -> {token:?}");
+            assert_eq!(model_id_from_token(&token).as_deref(), Some(id.as_str()));
+            // Injective: no two ids share a token.
+            if let Some(other) = seen.insert(token.clone(), id.clone()) {
+                assert_eq!(other, id, "{other:?} and {id:?} both map to {token:?}");
+            }
+        }
+        assert_eq!(model_id_from_token("a_2"), None);
+        assert_eq!(
+            model_id_from_token("a_41"),
+            None,
+            "letters are never escaped"
+        );
+        assert_eq!(model_id_from_token("a.b"), None);
+    }
+
+    #[test]
     fn hostile_ids_are_rejected() {
         for (id, bad) in [
             ("foo.*", '*'),

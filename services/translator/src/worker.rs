@@ -50,7 +50,8 @@ pub async fn consume(
         .messages()
         .await?;
     loop {
-        // Take a permit first: never hold a message we cannot start on.
+        // Take a permit first, so at most `concurrency` requests run at once (the pull
+        // stream prefetches at most one batch beyond them).
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p?,
             () = shutdown.cancelled() => break,
@@ -68,8 +69,13 @@ pub async fn consume(
                 });
             }
             Some(Err(e)) => {
-                // Missed heartbeats and the like: the stream recovers by itself.
+                // Missed heartbeats and the like: the stream recovers by itself. Pause
+                // briefly so a lasting fault does not spin.
                 tracing::warn!(error = %e, "pull error");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    () = shutdown.cancelled() => break,
+                }
             }
             None => break,
         }
