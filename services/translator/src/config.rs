@@ -26,6 +26,23 @@ pub struct Config {
     )]
     pub openai_base_url: String,
 
+    /// Anthropic API base URL; the translator POSTs `{base}/v1/messages`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ANTHROPIC_BASE_URL",
+        default_value = "https://api.anthropic.com"
+    )]
+    pub anthropic_base_url: String,
+
+    /// Gemini API base URL; the translator POSTs
+    /// `{base}/v1beta/models/{model}:generateContent` (or `:streamGenerateContent?alt=sse`).
+    #[arg(
+        long,
+        env = "SWITCHYARD_GEMINI_BASE_URL",
+        default_value = "https://generativelanguage.googleapis.com"
+    )]
+    pub gemini_base_url: String,
+
     /// Address of the health and metrics endpoint (`/healthz`, `/metrics`).
     #[arg(long, env = "TRANSLATOR_BIND", default_value = "127.0.0.1:8081")]
     pub bind: SocketAddr,
@@ -45,6 +62,8 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("nats_url", &self.nats_url)
             .field("openai_base_url", &self.openai_base_url)
+            .field("anthropic_base_url", &self.anthropic_base_url)
+            .field("gemini_base_url", &self.gemini_base_url)
             .field("bind", &self.bind)
             .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
@@ -73,7 +92,11 @@ impl Config {
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.seal_key()?;
-        for url in [&self.openai_base_url] {
+        for url in [
+            &self.openai_base_url,
+            &self.anthropic_base_url,
+            &self.gemini_base_url,
+        ] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::BaseUrl(url.clone()));
             }

@@ -108,7 +108,9 @@ pub async fn serve(
         .map_err(|e| Error::Consumer(format!("cannot subscribe to cancellations: {e}")))?;
     let worker = Arc::new(worker::Worker {
         cancels,
-        openai: providers::openai::OpenAi::new(http, &config.openai_base_url),
+        providers: providers::Providers {
+            openai: providers::openai::OpenAi::new(http, &config.openai_base_url),
+        },
         client,
         js,
         seal,

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::cancels::Cancels;
 use crate::metrics::{Metrics, OutcomeLabels, ProviderLabels, ReasonLabels};
-use crate::providers::openai::{self, Failure, OpenAi};
+use crate::providers::{Failure, Providers};
 use crate::sink::ChunkSink;
 
 /// Shared by every request this process handles.
@@ -24,7 +24,7 @@ pub struct Worker {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub seal: SealKey,
-    pub openai: OpenAi,
+    pub providers: Providers,
     pub metrics: Metrics,
     pub cancels: Cancels,
 }
@@ -163,11 +163,17 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
         traceparent = traceparent.as_deref().unwrap_or_default(),
     );
     async {
+        let route = subjects::route_model(&envelope.model);
+        let provider = match &route {
+            Ok(ModelRoute::Closed { provider, .. }) => *provider,
+            // Not ours to run; say so below, as the OpenAI-compatible provider.
+            _ => Provider::OpenAi,
+        };
         let mut sink = ChunkSink::new(
             worker.client.clone(),
             envelope.reply.subject().to_string(),
             envelope.request_id,
-            openai::PROVIDER,
+            provider.as_str(),
         );
         let id = Some(envelope.request_id.to_string());
         if envelope.schema_version > schemas::SCHEMA_VERSION {
@@ -202,7 +208,15 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
                 return dead_letter(worker, &message, &format!("cannot open body: {e}"), id).await;
             }
         };
-        let outcome = run(worker, &message, &envelope, &sealed, &mut sink).await;
+        let outcome = match route {
+            Ok(ModelRoute::Closed { provider, upstream_model }) if sealed.request.model == envelope.model => {
+                run(worker, &message, &envelope, &sealed, provider, &upstream_model, &mut sink).await
+            }
+            _ => Err(Failure::Reply(ErrorBody::new(
+                ErrorKind::InvalidRequest,
+                format!("'{}' is not a closed-model id", envelope.model),
+            ))),
+        };
         let label = match &outcome {
             Ok(()) => "ok".to_string(),
             Err(Failure::Reply(e)) => e.kind.as_str().to_string(),
@@ -212,7 +226,7 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
             .metrics
             .requests
             .get_or_create(&OutcomeLabels {
-                provider: openai::PROVIDER.to_string(),
+                provider: provider.as_str().to_string(),
                 outcome: label,
             })
             .inc();
@@ -250,29 +264,10 @@ async fn run(
     message: &jetstream::Message,
     envelope: &RequestEnvelope,
     sealed: &SealedRequest,
+    provider: Provider,
+    upstream_model: &str,
     sink: &mut ChunkSink,
 ) -> Result<(), Failure> {
-    let (provider, upstream_model) = match subjects::route_model(&sealed.request.model) {
-        Ok(ModelRoute::Closed {
-            provider,
-            upstream_model,
-        }) => (provider, upstream_model),
-        Ok(ModelRoute::Open { .. }) | Err(_) => {
-            return Err(Failure::Reply(ErrorBody::new(
-                ErrorKind::InvalidRequest,
-                format!("'{}' is not a closed-model id", sealed.request.model),
-            )));
-        }
-    };
-    if provider != Provider::OpenAi {
-        return Err(Failure::Reply(ErrorBody::new(
-            ErrorKind::NotFound,
-            format!(
-                "provider '{}' is not available on this deployment yet",
-                provider.as_str()
-            ),
-        )));
-    }
     let Some(key) = sealed.provider_key.as_deref() else {
         return Err(Failure::Reply(ErrorBody::new(
             ErrorKind::Authentication,
@@ -286,12 +281,12 @@ async fn run(
     let started = Instant::now();
     let metrics = &worker.metrics;
     let call = worker
-        .openai
-        .chat(&sealed.request, &upstream_model, key, sink, || {
+        .providers
+        .chat(provider, &sealed.request, upstream_model, key, sink, || {
             metrics
                 .upstream_first_byte
                 .get_or_create(&ProviderLabels {
-                    provider: openai::PROVIDER.to_string(),
+                    provider: provider.as_str().to_string(),
                 })
                 .observe(started.elapsed().as_secs_f64());
         });

@@ -60,7 +60,9 @@ async fn start(mock: MockConfig) -> Harness {
     let config = Config {
         nats_url: nats.url().to_string(),
         seal: schemas::SealKeyArgs::inline(seal_text.clone()),
-        openai_base_url: mock_url,
+        openai_base_url: mock_url.clone(),
+        anthropic_base_url: mock_url.trim_end_matches("/v1").to_string(),
+        gemini_base_url: mock_url.trim_end_matches("/v1").to_string(),
         bind: "127.0.0.1:0".parse().unwrap(),
         concurrency: 8,
         connect_timeout_secs: 2,

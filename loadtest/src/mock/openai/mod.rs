@@ -80,7 +80,7 @@ struct Shared {
     next_id: AtomicU64,
 }
 
-/// The mock's routes, for callers that bring their own server.
+/// The OpenAI routes (no fallback: [`super::router`] adds one for every provider).
 pub fn router(config: MockConfig) -> Router {
     let shared = Arc::new(Shared {
         config: MockConfig {
@@ -91,11 +91,10 @@ pub fn router(config: MockConfig) -> Router {
     });
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
-        .fallback(not_found)
         .with_state(shared)
 }
 
-/// Serves the mock on `listener` until `shutdown` completes, then lets open requests
+/// Serves every mock provider ([`super::router`]) on `listener` until `shutdown` completes, then lets open requests
 /// finish.
 pub async fn serve(
     listener: TcpListener,
@@ -103,7 +102,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
-    let app = router(config);
+    let app = super::router(config);
     // Without TCP_NODELAY, Nagle holds back each small SSE chunk until the previous one is
     // acknowledged (up to the 40 ms delayed-ACK timer), which ruins chunk timing.
     let listener = listener.tap_io(|tcp| {
@@ -116,7 +115,7 @@ pub async fn serve(
         .await
 }
 
-async fn not_found(method: Method, uri: Uri) -> Response {
+pub(crate) async fn not_found(method: Method, uri: Uri) -> Response {
     let message = format!("Invalid URL ({method} {})", uri.path());
     error_response(
         StatusCode::NOT_FOUND,

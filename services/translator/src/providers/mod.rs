@@ -5,7 +5,59 @@
 
 pub mod openai;
 
-use schemas::{ErrorBody, ErrorKind};
+use schemas::subjects::Provider;
+use schemas::{ChatRequest, ErrorBody, ErrorKind};
+
+use crate::sink::{ChunkSink, SendError};
+
+/// How a provider call ended when it did not succeed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Tell the caller (through the sink) and finish.
+    Reply(ErrorBody),
+    /// The reply subject is unusable; nothing more can reach the caller.
+    Sink(SendError),
+}
+
+impl From<SendError> for Failure {
+    fn from(e: SendError) -> Self {
+        Failure::Sink(e)
+    }
+}
+
+/// The provider clients of one translator process (one HTTP connection pool).
+#[derive(Debug, Clone)]
+pub struct Providers {
+    pub openai: openai::OpenAi,
+}
+
+impl Providers {
+    /// Calls `provider` for `request` and sends the answer to `sink`.
+    pub async fn chat(
+        &self,
+        provider: Provider,
+        request: &ChatRequest,
+        upstream_model: &str,
+        key: &str,
+        sink: &mut ChunkSink,
+        on_first_byte: impl FnOnce(),
+    ) -> Result<(), Failure> {
+        match provider {
+            Provider::OpenAi => {
+                self.openai
+                    .chat(request, upstream_model, key, sink, on_first_byte)
+                    .await
+            }
+            Provider::Anthropic | Provider::Google => Err(Failure::Reply(ErrorBody::new(
+                ErrorKind::NotFound,
+                format!(
+                    "provider '{}' is not available on this deployment yet",
+                    provider.as_str()
+                ),
+            ))),
+        }
+    }
+}
 
 /// Parses a `Retry-After` (seconds) or `retry-after-ms` header into milliseconds.
 pub fn retry_after_ms(headers: &reqwest::header::HeaderMap) -> Option<u64> {

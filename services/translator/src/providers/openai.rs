@@ -9,7 +9,7 @@ use schemas::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{kind_for_status, retry_after_ms, scrub, transport_error};
+use super::{Failure, kind_for_status, retry_after_ms, scrub, transport_error};
 use crate::sink::ChunkSink;
 
 pub const PROVIDER: &str = "openai";
@@ -19,21 +19,6 @@ pub const PROVIDER: &str = "openai";
 pub struct OpenAi {
     http: reqwest::Client,
     url: String,
-}
-
-/// How a call ended when it did not succeed.
-#[derive(Debug)]
-pub enum Failure {
-    /// Tell the caller (through the sink) and finish.
-    Reply(ErrorBody),
-    /// The reply subject is unusable; nothing more can reach the caller.
-    Sink(crate::sink::SendError),
-}
-
-impl From<crate::sink::SendError> for Failure {
-    fn from(e: crate::sink::SendError) -> Self {
-        Failure::Sink(e)
-    }
 }
 
 impl OpenAi {
