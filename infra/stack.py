@@ -212,7 +212,10 @@ class StackConfig:
     # External services / values; None = start or generate our own.
     nats_url: Optional[str] = None
     ingress_bind: Optional[str] = None
-    openai_base_url: Optional[str] = None  # set: the mock is not started
+    # Provider base URLs; each unset one points at the mock provider (started when any is unset).
+    openai_base_url: Optional[str] = None
+    anthropic_base_url: Optional[str] = None
+    gemini_base_url: Optional[str] = None
     dev_api_key: Optional[str] = None
     seal_key: Optional[str] = None
     seal_key_file: Optional[str] = None
@@ -238,6 +241,8 @@ class StackConfig:
             nats_url=e("NATS_URL"),
             ingress_bind=e("INGRESS_BIND"),
             openai_base_url=e("SWITCHYARD_OPENAI_BASE_URL"),
+            anthropic_base_url=e("SWITCHYARD_ANTHROPIC_BASE_URL"),
+            gemini_base_url=e("SWITCHYARD_GEMINI_BASE_URL"),
             dev_api_key=e("SWITCHYARD_DEV_API_KEY"),
             seal_key=e("SWITCHYARD_SEAL_KEY"),
             seal_key_file=e("SWITCHYARD_SEAL_KEY_FILE"),
@@ -285,6 +290,8 @@ class Stack:
         self.translator_url = ""
         self.mock_url: Optional[str] = None  # http://host:port/v1
         self.openai_base_url = ""
+        self.anthropic_base_url = ""
+        self.gemini_base_url = ""
         self.dev_api_key = cfg.dev_api_key or ""
         self.mock_api_key = cfg.mock_api_key
         self.seal_key_file: Optional[Path] = None
@@ -349,12 +356,15 @@ class Stack:
             "SWITCHYARD_DEV_API_KEY": self.dev_api_key,
             "INGRESS_BIND": self.services[INGRESS].env["INGRESS_BIND"] if INGRESS in self.services else "",
             "SWITCHYARD_OPENAI_BASE_URL": self.openai_base_url,
+            "SWITCHYARD_ANTHROPIC_BASE_URL": self.anthropic_base_url,
+            "SWITCHYARD_GEMINI_BASE_URL": self.gemini_base_url,
         }
         if self.seal_key_file:
             env["SWITCHYARD_SEAL_KEY_FILE"] = str(self.seal_key_file)
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
         if self.mock_url:
+            env["SWITCHYARD_MOCK_URL"] = self.mock_url[: -len("/v1")]
             env["SWITCHYARD_MOCK_API_KEY"] = self.mock_api_key
         return env
 
@@ -364,11 +374,15 @@ class Stack:
         if not self.cfg.quiet:
             print(msg, flush=True)
 
+    def _needs_mock(self) -> bool:
+        cfg = self.cfg
+        return not (cfg.openai_base_url and cfg.anthropic_base_url and cfg.gemini_base_url)
+
     def _start(self) -> None:
         cfg = self.cfg
         self.log_dir.mkdir(parents=True, exist_ok=True)
         missing = [b for b in BINARIES if not (cfg.bin_dir / b).exists()]
-        if cfg.openai_base_url:
+        if not self._needs_mock():
             missing = [b for b in missing if b != "mock-provider"]
         if missing:
             raise StackError(
@@ -384,13 +398,11 @@ class Stack:
         self._start_nats()
         self._apply_nats(base_env)
 
-        if cfg.openai_base_url:
-            self.openai_base_url = cfg.openai_base_url.rstrip("/")
-        else:
+        if self._needs_mock():
             port = self.ports.preferred(9090) if cfg.default_ports else self.ports.any_free()
             bind = f"127.0.0.1:{port}"
+            # One mock serves every provider's wire format on its own paths.
             self.mock_url = f"http://{bind}/v1"
-            self.openai_base_url = self.mock_url
             self._add(Service(
                 MOCK,
                 [str(cfg.bin_dir / "mock-provider"), "--bind", bind, *cfg.mock_args],
@@ -399,6 +411,10 @@ class Stack:
                 self.log_dir / "mock-provider.log",
                 tcp=("127.0.0.1", port),
             ))
+        mock_root = self.mock_url[: -len("/v1")] if self.mock_url else ""
+        self.openai_base_url = (cfg.openai_base_url or self.mock_url or "").rstrip("/")
+        self.anthropic_base_url = (cfg.anthropic_base_url or mock_root).rstrip("/")
+        self.gemini_base_url = (cfg.gemini_base_url or mock_root).rstrip("/")
 
         port = self.ports.preferred(8081) if cfg.default_ports else self.ports.any_free()
         tbind = f"127.0.0.1:{port}"
@@ -406,7 +422,10 @@ class Stack:
         self._add(Service(
             TRANSLATOR,
             [str(cfg.bin_dir / "switchyard-translator")],
-            {**base_env, "TRANSLATOR_BIND": tbind, "SWITCHYARD_OPENAI_BASE_URL": self.openai_base_url},
+            {**base_env, "TRANSLATOR_BIND": tbind,
+             "SWITCHYARD_OPENAI_BASE_URL": self.openai_base_url,
+             "SWITCHYARD_ANTHROPIC_BASE_URL": self.anthropic_base_url,
+             "SWITCHYARD_GEMINI_BASE_URL": self.gemini_base_url},
             self.log_dir / "translator.log",
             health_url=f"{self.translator_url}/healthz",
         ))
@@ -717,15 +736,18 @@ def curl_line(api_base: str, dev_key: str, provider_key: str) -> str:
 
 def _print_banner(state: dict) -> None:
     env = state["env"]
-    provider_key = state.get("mock_api_key") or "$OPENAI_API_KEY"
+    mock_url = env.get("SWITCHYARD_MOCK_URL")
+    openai_mocked = bool(mock_url) and env.get("SWITCHYARD_OPENAI_BASE_URL", "").startswith(mock_url)
+    provider_key = state.get("mock_api_key") if openai_mocked else "$OPENAI_API_KEY"
     print()
     print(f"Switchyard is up.  API: {env['SWITCHYARD_API_URL']}")
     print(f"  dev API key:  {env['SWITCHYARD_DEV_API_KEY']}")
     print(f"  NATS:         {env['NATS_URL']}")
-    if state.get("mock_api_key"):
-        print(f"  provider:     mock at {env['SWITCHYARD_OPENAI_BASE_URL']} (provider key {provider_key})")
-    else:
-        print(f"  provider:     {env['SWITCHYARD_OPENAI_BASE_URL']}")
+    for name in ("OPENAI", "ANTHROPIC", "GEMINI"):
+        url = env.get(f"SWITCHYARD_{name}_BASE_URL", "")
+        mocked = bool(mock_url) and url.startswith(mock_url)
+        key = state.get("mock_api_key")
+        print(f"  {name.lower() + ':':13} {url}" + (f"  (mock; provider key {key})" if mocked else ""))
     print(f"  env file:     {state.get('run_dir', '.run')}/env  (logs: just logs; stop: just down)")
     print()
     print(curl_line(env["SWITCHYARD_API_URL"], env["SWITCHYARD_DEV_API_KEY"], provider_key))
@@ -774,7 +796,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print("(Postgres was started and is left running)", file=sys.stderr)
         return 1
     _write_state(stack)
-    if stack.mock_url:
+    if stack.mock_url and stack.openai_base_url == stack.mock_url:
         problem = smoke_test(stack)
         if problem:
             print(f"\nWARNING: a test request through the stack failed: {problem}\n"

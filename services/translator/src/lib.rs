@@ -109,7 +109,12 @@ pub async fn serve(
     let worker = Arc::new(worker::Worker {
         cancels,
         providers: providers::Providers {
-            openai: providers::openai::OpenAi::new(http, &config.openai_base_url),
+            openai: providers::openai::OpenAi::new(http.clone(), &config.openai_base_url),
+            anthropic: providers::anthropic::Anthropic::new(
+                http.clone(),
+                &config.anthropic_base_url,
+            ),
+            gemini: providers::gemini::Gemini::new(http.clone(), &config.gemini_base_url),
         },
         client,
         js,

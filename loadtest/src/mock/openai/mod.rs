@@ -10,7 +10,8 @@
 //! Built for benchmarks: a reply is a few small serialisations, logging is one DEBUG
 //! line per request, and prompts, outputs and keys are never logged.
 
-mod reply;
+// The other mocks share its splitting and key masking.
+pub(crate) mod reply;
 mod stream;
 mod wire;
 

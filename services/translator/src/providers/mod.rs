@@ -3,6 +3,8 @@
 //! [`crate::sink::ChunkSink`]. Errors come back as [`schemas::ErrorBody`] with the kind
 //! the ingress maps to a status.
 
+pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 
 use schemas::subjects::Provider;
@@ -29,6 +31,8 @@ impl From<SendError> for Failure {
 #[derive(Debug, Clone)]
 pub struct Providers {
     pub openai: openai::OpenAi,
+    pub anthropic: anthropic::Anthropic,
+    pub gemini: gemini::Gemini,
 }
 
 impl Providers {
@@ -48,13 +52,16 @@ impl Providers {
                     .chat(request, upstream_model, key, sink, on_first_byte)
                     .await
             }
-            Provider::Anthropic | Provider::Google => Err(Failure::Reply(ErrorBody::new(
-                ErrorKind::NotFound,
-                format!(
-                    "provider '{}' is not available on this deployment yet",
-                    provider.as_str()
-                ),
-            ))),
+            Provider::Anthropic => {
+                self.anthropic
+                    .chat(request, upstream_model, key, sink, on_first_byte)
+                    .await
+            }
+            Provider::Google => {
+                self.gemini
+                    .chat(request, upstream_model, key, sink, on_first_byte)
+                    .await
+            }
         }
     }
 }
