@@ -4,7 +4,7 @@
 //! - [`worker`]: pulls `req.closed.>` from the REQUESTS stream (durable consumer
 //!   `translator`), opens the sealed body, calls the provider, acks after the reply is
 //!   out; poison messages are terminated and copied to the dead-letter stream.
-//! - [`providers`]: one module per provider's wire format (OpenAI for now).
+//! - [`providers`]: one module per provider's wire format: OpenAI, Anthropic, Gemini.
 //! - [`sink`]: numbered reply chunks to `reply.<ingress>.<request>`.
 //! - [`cancels`]: `cancel.<request>` from the ingress stops a running provider call.
 //! - [`metrics`]: Prometheus metrics, served with `/healthz` on `TRANSLATOR_BIND`.

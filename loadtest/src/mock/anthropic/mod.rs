@@ -111,6 +111,25 @@ fn input_tokens(request: &MessagesRequest) -> u64 {
 }
 
 fn plan(request: &MessagesRequest) -> Reply {
+    // A turn that only answers tool uses is echoed: the tool results reached the model.
+    if let Some(last) = request.messages.last()
+        && last.role == "user"
+        && last.content.texts().next().is_none()
+        && last
+            .content
+            .blocks()
+            .iter()
+            .any(|b| b.kind == "tool_result")
+    {
+        let results: Vec<String> = last
+            .content
+            .blocks()
+            .iter()
+            .filter(|b| b.kind == "tool_result")
+            .map(wire::Block::result_text)
+            .collect();
+        return Reply::Text(format!("echo: {}", results.join(" ")));
+    }
     let text = last_user_text(&request.messages);
     let has_tools = request.tools.as_ref().is_some_and(|t| !t.is_empty());
     if has_tools && let Some(call) = text.strip_prefix("call:") {

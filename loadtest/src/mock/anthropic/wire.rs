@@ -45,6 +45,24 @@ pub(crate) struct Block {
     /// The `tool_use` a `tool_result` block answers.
     #[serde(default)]
     pub tool_use_id: Option<String>,
+    /// A `tool_result` block's content: a string or an array of text blocks.
+    #[serde(default)]
+    pub content: Option<serde_json::Value>,
+}
+
+impl Block {
+    /// The text of a `tool_result` block's content.
+    pub(crate) fn result_text(&self) -> String {
+        match &self.content {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|i| i.get("text").and_then(serde_json::Value::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
+        }
+    }
 }
 
 impl Content {

@@ -76,6 +76,17 @@ pub(crate) fn prompt_tokens(messages: &[Message]) -> u64 {
 }
 
 pub(crate) fn plan(request: &ChatRequest) -> Reply {
+    // A turn that answers a tool call is echoed: the tool result reached the model.
+    if let Some(last) = request.messages.last()
+        && last.role == "tool"
+    {
+        let result = last
+            .content
+            .as_ref()
+            .map(|c| c.texts().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
+        return Reply::Text(format!("echo: {result}"));
+    }
     let text = last_user_text(&request.messages);
     let has_tools = request.tools.as_ref().is_some_and(|t| !t.is_empty());
     if has_tools && let Some(call) = text.strip_prefix("call:") {

@@ -22,6 +22,18 @@ from conftest import make_client
 
 MODEL = "openai/gpt-4o-mini"
 MOCK_CHUNKS = 4
+# One model per provider: the same SDK call reaches OpenAI's, Anthropic's and Gemini's
+# wire formats (each mock speaks its provider's own), switching only the model id.
+MODELS = ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5", "google/gemini-2.5-flash"]
+PROVIDERS = [m.split("/")[0] for m in MODELS]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 def conversation(prompt: str) -> list[dict]:
@@ -35,11 +47,14 @@ def expected_prompt_tokens(messages: list[dict]) -> int:
     return sum(len(m["content"].split()) for m in messages)
 
 
-def test_chat_completion(client):
+@pytest.mark.parametrize("model", MODELS)
+def test_chat_completion(client, model):
     prompt = f"Say hello to the switchyard {uuid.uuid4().hex[:8]}"
     messages = conversation(prompt)
 
-    resp = client.chat.completions.create(model=MODEL, messages=messages)
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=messages)
+    assert raw.headers["x-switchyard-provider"] == model.split("/")[0]
+    resp = raw.parse()
 
     assert len(resp.choices) == 1
     choice = resp.choices[0]
@@ -52,12 +67,13 @@ def test_chat_completion(client):
     assert resp.usage.total_tokens == 11 + MOCK_CHUNKS
 
 
-def test_chat_completion_stream(client):
+@pytest.mark.parametrize("model", MODELS)
+def test_chat_completion_stream(client, model):
     prompt = f"Stream this back to me {uuid.uuid4().hex[:8]}"
     messages = conversation(prompt)
 
     stream = client.chat.completions.create(
-        model=MODEL, messages=messages, stream=True, stream_options={"include_usage": True}
+        model=model, messages=messages, stream=True, stream_options={"include_usage": True}
     )
     content, content_chunks, finish_reasons, usages = "", 0, [], []
     for chunk in stream:
@@ -79,9 +95,52 @@ def test_chat_completion_stream(client):
     assert usages[0].total_tokens == expected_prompt_tokens(messages) + MOCK_CHUNKS
 
 
-def test_provider_rate_limit_is_429_with_retry_after(client):
+@pytest.mark.parametrize("model", MODELS)
+def test_tool_call_round_trip(client, model):
+    messages = [{"role": "user", "content": 'call:get_weather {"city": "Paris"}'}]
+    first = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER_TOOL])
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert len(choice.message.tool_calls) == 1
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+    # Send the tool's answer back: the provider must see it (the mocks echo it).
+    messages += [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 18}'},
+    ]
+    second = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER_TOOL])
+    answer = second.choices[0]
+    assert answer.finish_reason == "stop"
+    assert answer.message.content.startswith("echo: ")
+    assert "18" in answer.message.content
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_streamed_tool_call_arrives_whole(client, model):
+    stream = client.chat.completions.create(
+        model=model, stream=True, tools=[WEATHER_TOOL],
+        messages=[{"role": "user", "content": 'call:get_weather {"city": "Oslo"}'}],
+    )
+    name, arguments, finish = "", "", None
+    for chunk in stream:
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                assert call.index == 0
+                name += (call.function.name or "") if call.function else ""
+                arguments += (call.function.arguments or "") if call.function else ""
+            finish = choice.finish_reason or finish
+    assert name == "get_weather"
+    assert json.loads(arguments) == {"city": "Oslo"}
+    assert finish == "tool_calls"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_provider_rate_limit_is_429_with_retry_after(client, provider):
     with pytest.raises(openai.RateLimitError) as err:
-        client.chat.completions.create(model="openai/mock-error-429", messages=conversation("hi"))
+        client.chat.completions.create(model=f"{provider}/mock-error-429", messages=conversation("hi"))
     assert err.value.status_code == 429
     retry_after = err.value.response.headers.get("retry-after")
     assert retry_after is not None, "a 429 must tell the caller when to retry"
@@ -94,10 +153,11 @@ def test_provider_server_error(client):
     assert err.value.status_code >= 500
 
 
-def test_wrong_provider_key(sy):
+@pytest.mark.parametrize("model", MODELS)
+def test_wrong_provider_key(sy, model):
     wrong = make_client(sy, provider_key=f"sk-wrong-{uuid.uuid4().hex}")
     with pytest.raises(openai.AuthenticationError) as err:
-        wrong.chat.completions.create(model=MODEL, messages=conversation("hi"))
+        wrong.chat.completions.create(model=model, messages=conversation("hi"))
     assert err.value.status_code == 401
 
 
