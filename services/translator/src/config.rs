@@ -52,6 +52,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
 
+    /// Attempts per provider call, the first included; retries happen only before the
+    /// first byte reached the caller, for connect errors, timeouts, 429 and 5xx.
+    #[arg(long, env = "TRANSLATOR_MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub max_attempts: u32,
+
     /// Seconds to wait for a provider to accept a connection.
     #[arg(long, env = "TRANSLATOR_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
     pub connect_timeout_secs: u64,
@@ -83,6 +89,14 @@ impl Config {
     /// The seal key, from the environment or the key file.
     pub fn seal_key(&self) -> Result<SealKey, ConfigError> {
         Ok(self.seal.load()?)
+    }
+
+    /// The retry policy for provider calls.
+    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy {
+            max_attempts: self.max_attempts,
+            ..crate::retry::RetryPolicy::default()
+        }
     }
 
     pub fn connect_timeout(&self) -> Duration {

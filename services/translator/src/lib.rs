@@ -6,6 +6,7 @@
 //!   out; poison messages are terminated and copied to the dead-letter stream.
 //! - [`providers`]: one module per provider's wire format: OpenAI, Anthropic, Gemini.
 //! - [`sink`]: numbered reply chunks to `reply.<ingress>.<request>`.
+//! - [`retry`]: provider calls are retried (backoff, `Retry-After`) before the first byte.
 //! - [`cancels`]: `cancel.<request>` from the ingress stops a running provider call.
 //! - [`metrics`]: Prometheus metrics, served with `/healthz` on `TRANSLATOR_BIND`.
 //!
@@ -17,6 +18,7 @@ pub mod cancels;
 pub mod config;
 pub mod metrics;
 pub mod providers;
+pub mod retry;
 pub mod sink;
 pub mod worker;
 
@@ -108,6 +110,7 @@ pub async fn serve(
         .map_err(|e| Error::Consumer(format!("cannot subscribe to cancellations: {e}")))?;
     let worker = Arc::new(worker::Worker {
         cancels,
+        retry: config.retry_policy(),
         providers: providers::Providers {
             openai: providers::openai::OpenAi::new(http.clone(), &config.openai_base_url),
             anthropic: providers::anthropic::Anthropic::new(

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub requests: Family<OutcomeLabels, Counter>,
     /// Time from pulling a request to the provider's first byte.
     pub upstream_first_byte: Family<ProviderLabels, Histogram, fn() -> Histogram>,
+    /// Provider calls tried again, by provider.
+    pub retries: Family<ProviderLabels, Counter>,
     /// Messages terminated and dead-lettered, by reason.
     pub dead_letters: Family<ReasonLabels, Counter>,
     /// Requests dropped because their deadline had passed.
@@ -48,6 +50,12 @@ impl Default for Metrics {
                 latency_histogram,
             );
         let dead_letters = Family::<ReasonLabels, Counter>::default();
+        let retries = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Provider calls tried again before the first byte reached the caller",
+            retries.clone(),
+        );
         let expired = Counter::default();
         registry.register(
             "requests",
@@ -73,6 +81,7 @@ impl Default for Metrics {
             registry,
             requests,
             upstream_first_byte,
+            retries,
             dead_letters,
             expired,
         }

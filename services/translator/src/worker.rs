@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::cancels::Cancels;
 use crate::metrics::{Metrics, OutcomeLabels, ProviderLabels, ReasonLabels};
 use crate::providers::{Failure, Providers};
+use crate::retry::{Retries, RetryPolicy};
 use crate::sink::ChunkSink;
 
 /// Shared by every request this process handles.
@@ -27,6 +28,7 @@ pub struct Worker {
     pub providers: Providers,
     pub metrics: Metrics,
     pub cancels: Cancels,
+    pub retry: RetryPolicy,
 }
 
 /// While a request runs, its message is marked in progress this often so JetStream
@@ -278,18 +280,43 @@ async fn run(
     let remaining = (envelope.deadline - Utc::now())
         .to_std()
         .unwrap_or_default();
-    let started = Instant::now();
     let metrics = &worker.metrics;
-    let call = worker
-        .providers
-        .chat(provider, &sealed.request, upstream_model, key, sink, || {
-            metrics
-                .upstream_first_byte
-                .get_or_create(&ProviderLabels {
-                    provider: provider.as_str().to_string(),
+    let labels = ProviderLabels {
+        provider: provider.as_str().to_string(),
+    };
+    // Retried only while nothing has reached the caller (see `retry`).
+    let call = async {
+        let mut retries = Retries::new(worker.retry);
+        loop {
+            let attempt_started = Instant::now();
+            let result = worker
+                .providers
+                .chat(provider, &sealed.request, upstream_model, key, sink, || {
+                    metrics
+                        .upstream_first_byte
+                        .get_or_create(&labels)
+                        .observe(attempt_started.elapsed().as_secs_f64());
                 })
-                .observe(started.elapsed().as_secs_f64());
-        });
+                .await;
+            match result {
+                Err(Failure::Reply(error)) if !sink.started() => match retries.next_delay(&error) {
+                    Some(delay) => {
+                        tracing::info!(
+                            kind = error.kind.as_str(),
+                            provider_status = ?error.provider_status,
+                            attempt = retries.attempts(),
+                            delay_ms = delay.as_millis() as u64,
+                            "retrying the provider call"
+                        );
+                        metrics.retries.get_or_create(&labels).inc();
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => break Err(Failure::Reply(error)),
+                },
+                other => break other,
+            }
+        }
+    };
     tokio::pin!(call);
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     progress.tick().await;

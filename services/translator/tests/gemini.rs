@@ -65,6 +65,7 @@ async fn start(mock: MockConfig) -> Harness {
         gemini_base_url: mock_root.clone(),
         bind: "127.0.0.1:0".parse().unwrap(),
         concurrency: 8,
+        max_attempts: 3,
         connect_timeout_secs: 2,
     };
     let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

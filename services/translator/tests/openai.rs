@@ -27,6 +27,7 @@ const PROVIDER_KEY: &str = "sk-mock-good";
 
 struct Harness {
     _nats: NatsServer,
+    health_url: String,
     client: async_nats::Client,
     js: jetstream::Context,
     seal: SealKey,
@@ -65,9 +66,11 @@ async fn start(mock: MockConfig) -> Harness {
         gemini_base_url: mock_url.trim_end_matches("/v1").to_string(),
         bind: "127.0.0.1:0".parse().unwrap(),
         concurrency: 8,
+        max_attempts: 3,
         connect_timeout_secs: 2,
     };
     let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let health_url = format!("http://{}", health.local_addr().unwrap());
     tokio::spawn(switchyard_translator::serve(
         health,
         config,
@@ -78,6 +81,7 @@ async fn start(mock: MockConfig) -> Harness {
         client,
         seal: SealKey::from_base64("default", &seal_text).unwrap(),
         _nats: nats,
+        health_url,
         shutdown,
     }
 }
@@ -415,4 +419,62 @@ async fn a_cancel_stops_the_provider_call() {
     })
     .await
     .expect("the cancelled request was acked");
+}
+
+#[tokio::test]
+async fn failures_before_the_first_byte_are_retried() {
+    let h = start(MockConfig::default()).await;
+    // The mock fails every other request of a flaky model: 429 (retry-after 1 s) first.
+    let chunks = h
+        .call(
+            request("openai/mock-flaky-429", "try again", false),
+            PROVIDER_KEY,
+            chrono::Duration::seconds(30),
+        )
+        .await;
+    assert!(
+        chunks.last().unwrap().error.is_none(),
+        "{:?}",
+        chunks.last().unwrap().error
+    );
+    assert_eq!(content(&chunks), "echo: try again");
+    // Then a streaming request whose first attempt gets a 503.
+    let chunks = h
+        .call(
+            request("openai/mock-flaky-503", "and again", true),
+            PROVIDER_KEY,
+            chrono::Duration::seconds(30),
+        )
+        .await;
+    assert!(
+        chunks.last().unwrap().error.is_none(),
+        "{:?}",
+        chunks.last().unwrap().error
+    );
+    assert_eq!(content(&chunks), "echo: and again");
+
+    let metrics = reqwest::get(format!("{}/metrics", h.health_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retries = metrics
+        .lines()
+        .find(|l| l.starts_with("translator_retries_total{provider=\"openai\"}"))
+        .unwrap_or_else(|| panic!("no retries counter in:\n{metrics}"));
+    assert!(retries.ends_with(" 2"), "{retries}");
+
+    // A failure that keeps failing is reported after the last attempt.
+    let chunks = h
+        .call(
+            request("openai/mock-error-503", "never", false),
+            PROVIDER_KEY,
+            chrono::Duration::seconds(30),
+        )
+        .await;
+    assert_eq!(
+        chunks.last().unwrap().error.as_ref().unwrap().kind,
+        ErrorKind::Unavailable
+    );
 }

@@ -82,7 +82,8 @@ fn behaviour(model: &str) -> Behaviour {
         return Behaviour::StreamError;
     }
     match shared::magic(model) {
-        Magic::None => Behaviour::Normal,
+        // Flaky models are only for the OpenAI mock's retry tests.
+        Magic::None | Magic::Flaky(_) => Behaviour::Normal,
         Magic::Error(status) => Behaviour::Error(status),
         Magic::BadError => Behaviour::BadError,
         Magic::Truncated => Behaviour::Truncated,

@@ -79,6 +79,8 @@ impl fmt::Debug for MockConfig {
 struct Shared {
     config: MockConfig,
     next_id: AtomicU64,
+    /// Requests seen with a `mock-flaky-*` model.
+    flaky: AtomicU64,
 }
 
 /// The OpenAI routes (no fallback: [`super::router`] adds one for every provider).
@@ -89,6 +91,7 @@ pub fn router(config: MockConfig) -> Router {
             ..config
         },
         next_id: AtomicU64::new(1),
+        flaky: AtomicU64::new(0),
     });
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
@@ -175,6 +178,13 @@ async fn chat_completions(
                 Some("model"),
                 None,
             );
+        }
+        Magic::Flaky(status) => {
+            if shared.flaky.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+                return status_error(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                );
+            }
         }
         Magic::None | Magic::Truncated | Magic::TruncatedClean => {}
     }

@@ -26,11 +26,20 @@ pub(crate) enum Magic {
     Truncated,
     /// `mock-truncated-clean`: two content chunks, then a clean end without `[DONE]`.
     TruncatedClean,
+    /// `mock-flaky-<status>`: every other request of this model (the 1st, 3rd, …) fails
+    /// with the status, the others answer normally — for retry tests.
+    Flaky(u16),
 }
 
 pub(crate) fn magic(model: &str) -> Magic {
     // Accept the gateway's provider prefix too, for requests sent straight to the mock.
     let model = model.strip_prefix("openai/").unwrap_or(model);
+    if let Some(status) = model.strip_prefix("mock-flaky-") {
+        return match status.parse::<u16>() {
+            Ok(status @ 400..=599) => Magic::Flaky(status),
+            _ => Magic::BadError,
+        };
+    }
     if let Some(status) = model.strip_prefix("mock-error-") {
         return match status.parse::<u16>() {
             Ok(status @ 400..=599) => Magic::Error(status),
