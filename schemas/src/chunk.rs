@@ -31,6 +31,10 @@ pub struct ReplyChunk {
     /// The model that served it, as the provider named it; set on seq 0 when known.
     #[serde(default)]
     pub model: Option<String>,
+    /// Request parameters the provider has no equivalent for, left out of the call
+    /// (e.g. `seed` for Anthropic); set on seq 0, so callers learn of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_params: Vec<String>,
 }
 
 impl ReplyChunk {
@@ -46,6 +50,7 @@ impl ReplyChunk {
             last: false,
             provider: None,
             model: None,
+            dropped_params: Vec::new(),
         }
     }
 

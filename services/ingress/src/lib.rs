@@ -1,12 +1,15 @@
 //! Switchyard's HTTP ingress.
 //!
 //! - [`config`]: flags and environment.
-//! - [`routes`]: the axum router — `POST /v1/chat/completions`, `GET /healthz`,
-//!   `GET /metrics` — and the request pipeline: authenticate, normalize, seal, publish
-//!   to JetStream (awaited PubAck, `Nats-Msg-Id` = request id), stream the reply back.
+//! - [`routes`]: the axum router — `POST /v1/chat/completions`, `POST /models/v2/…`,
+//!   `GET /healthz`, `GET /metrics` — and the request pipeline every route shares:
+//!   authenticate, normalize, seal, publish to JetStream (awaited PubAck,
+//!   `Nats-Msg-Id` = request id), stream the reply back.
 //! - [`openai`]: the OpenAI wire format in and out.
+//! - [`unified`]: Switchyard's own route, `POST /models/v2/{model id}`: the model in the
+//!   path, `messages` or `text`, answers as JSON or named SSE events.
 //! - [`replies`]: routes reply chunks from `reply.<ingress>.*` to waiting requests.
-//! - [`error`]: the one error type, answered OpenAI-style.
+//! - [`error`]: the one error type, answered OpenAI-style (or in the unified shape).
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! [`run`] is what the binary runs; tests call [`serve`] with a listener of their own.
@@ -17,6 +20,7 @@ pub mod metrics;
 pub mod openai;
 pub mod replies;
 pub mod routes;
+pub mod unified;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -129,6 +129,12 @@ fn invalid(message: impl Into<String>) -> ApiError {
 
 /// Parses a request body; every failure is a 400 naming the field at fault.
 pub fn parse_body(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+    parse_json(body)
+}
+
+/// Parses a JSON object body into `T`; every failure is a 400 naming the field at
+/// fault. Shared by every route that takes JSON.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // serde would read a struct from a JSON array by position: accept objects only.
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
@@ -171,7 +177,7 @@ fn role(name: &str, index: usize) -> Result<Role, ApiError> {
     })
 }
 
-fn tool_choice(value: &Value) -> Result<ToolChoice, ApiError> {
+pub(crate) fn tool_choice(value: &Value) -> Result<ToolChoice, ApiError> {
     match value {
         Value::String(s) if s == "auto" => Ok(ToolChoice::Auto),
         Value::String(s) if s == "none" => Ok(ToolChoice::None),
@@ -187,30 +193,10 @@ fn tool_choice(value: &Value) -> Result<ToolChoice, ApiError> {
     }
 }
 
-/// What the ingress needs beyond the normalized request.
-#[derive(Debug)]
-pub struct Normalized {
-    pub request: ChatRequest,
-    pub include_usage: bool,
-}
-
-/// Validates the request and converts it to the normalized form.
-pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
-    let model = match req.model {
-        Some(m) if !m.trim().is_empty() => m,
-        _ => return Err(invalid("you must provide a model parameter").with_param("model")),
-    };
-    let raw_messages = req
-        .messages
-        .ok_or_else(|| invalid("missing required parameter: 'messages'").with_param("messages"))?;
-    if raw_messages.is_empty() {
-        return Err(invalid("'messages' must contain at least one message").with_param("messages"));
-    }
-    if req.n.is_some_and(|n| n != 1) {
-        return Err(invalid("only n = 1 is supported").with_param("n"));
-    }
-    let mut messages = Vec::with_capacity(raw_messages.len());
-    for (i, m) in raw_messages.into_iter().enumerate() {
+/// OpenAI-style message objects to normalized messages; errors name `messages[i]…`.
+pub(crate) fn convert_messages(raw: Vec<OaiMessage>) -> Result<Vec<Message>, ApiError> {
+    let mut messages = Vec::with_capacity(raw.len());
+    for (i, m) in raw.into_iter().enumerate() {
         let content = match m.content {
             None => Vec::new(),
             Some(OaiContent::Text(text)) => vec![ContentPart::Text { text }],
@@ -242,8 +228,13 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
             tool_call_id: m.tool_call_id,
         });
     }
-    let mut tools = Vec::new();
-    for (i, t) in req.tools.unwrap_or_default().into_iter().enumerate() {
+    Ok(messages)
+}
+
+/// OpenAI-style tool definitions to normalized tools; errors name `tools[i]…`.
+pub(crate) fn convert_tools(raw: Vec<OaiTool>) -> Result<Vec<Tool>, ApiError> {
+    let mut tools = Vec::with_capacity(raw.len());
+    for (i, t) in raw.into_iter().enumerate() {
         if t.kind.as_deref().is_some_and(|k| k != "function") {
             return Err(invalid(format!("tools[{i}].type must be \"function\""))
                 .with_param(format!("tools[{i}].type")));
@@ -254,12 +245,44 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
             parameters_json: t.function.parameters.map(|p| p.to_string()),
         });
     }
-    let tool_choice = req.tool_choice.as_ref().map(tool_choice).transpose()?;
-    let stop = match req.stop {
+    Ok(tools)
+}
+
+/// `stop` as one string or a list, as a list.
+pub(crate) fn stop_list(stop: Option<Stop>) -> Vec<String> {
+    match stop {
         None => Vec::new(),
         Some(Stop::One(s)) => vec![s],
         Some(Stop::Many(v)) => v,
+    }
+}
+
+/// What the ingress needs beyond the normalized request.
+#[derive(Debug)]
+pub struct Normalized {
+    pub request: ChatRequest,
+    pub include_usage: bool,
+}
+
+/// Validates the request and converts it to the normalized form.
+pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
+    let model = match req.model {
+        Some(m) if !m.trim().is_empty() => m,
+        _ => return Err(invalid("you must provide a model parameter").with_param("model")),
     };
+    let raw_messages = req
+        .messages
+        .ok_or_else(|| invalid("missing required parameter: 'messages'").with_param("messages"))?;
+    if raw_messages.is_empty() {
+        return Err(invalid("'messages' must contain at least one message").with_param("messages"));
+    }
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(invalid("only n = 1 is supported").with_param("n"));
+    }
+    let messages = convert_messages(raw_messages)?;
+    let tools = convert_tools(req.tools.unwrap_or_default())?;
+    let tool_choice = req.tool_choice.as_ref().map(tool_choice).transpose()?;
+    let stop = stop_list(req.stop);
     let stream = req.stream.unwrap_or(false);
     Ok(Normalized {
         include_usage: stream
@@ -324,6 +347,8 @@ pub struct Completion {
     pub tool_calls: Vec<ToolCallAcc>,
     pub finish_reason: Option<FinishReason>,
     pub usage: Option<Usage>,
+    /// Parameters the provider could not take (see `ReplyChunk::dropped_params`).
+    pub dropped_params: Vec<String>,
 }
 
 impl Completion {
@@ -378,6 +403,9 @@ impl Completion {
         }
         if let Some(p) = provider {
             body["provider"] = Value::String(p.to_string());
+        }
+        if !self.dropped_params.is_empty() {
+            body["dropped_params"] = json!(self.dropped_params);
         }
         body
     }

@@ -45,7 +45,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 /// The caller's header carrying their own provider key.
 pub const PROVIDER_KEY_HEADER: &str = "provider-key";
@@ -54,6 +54,7 @@ pub fn router(state: Shared) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/models/v2/{*model_id}", post(crate::unified::unified))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -89,8 +90,9 @@ async fn metrics(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-/// Checks `Authorization: Bearer <key>` in constant time; returns the account.
-fn authenticate(headers: &HeaderMap, expected: &str) -> Result<String, ApiError> {
+/// Checks `Authorization: Bearer <key>` (or `Key <key>`) in constant time; returns
+/// the account.
+pub(crate) fn authenticate(headers: &HeaderMap, expected: &str) -> Result<String, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::new(
             ErrorKind::Authentication,
@@ -103,6 +105,8 @@ fn authenticate(headers: &HeaderMap, expected: &str) -> Result<String, ApiError>
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
+                .or_else(|| v.strip_prefix("Key "))
+                .or_else(|| v.strip_prefix("key "))
         })
         .map(str::trim)
         .unwrap_or_default();
@@ -170,7 +174,7 @@ async fn handle_chat(
             mut registration,
             first,
             mut cancel,
-        } = dispatch(state, &prepared, started).await?;
+        } = dispatch(state, &prepared, "chat_completions", started).await?;
         let context = ReplyContext {
             id: format!("chatcmpl-{}", prepared.request_id.simple()),
             created: prepared.created_at.timestamp(),
@@ -211,7 +215,10 @@ async fn handle_chat(
 }
 
 /// The body, or a 413 / 400 saying why it could not be read.
-fn read_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn read_body(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -231,20 +238,20 @@ fn read_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<By
 }
 
 /// A request sealed into its envelope, ready to publish.
-struct Prepared {
-    request_id: Uuid,
+pub(crate) struct Prepared {
+    pub(crate) request_id: Uuid,
     subject: String,
     payload: Bytes,
     traceparent: Option<String>,
-    model: String,
-    stream: bool,
-    created_at: chrono::DateTime<Utc>,
-    deadline: TokioInstant,
+    pub(crate) model: String,
+    pub(crate) stream: bool,
+    pub(crate) created_at: chrono::DateTime<Utc>,
+    pub(crate) deadline: TokioInstant,
 }
 
 /// Routes the model, takes the caller's provider key, and seals the request into an
 /// envelope. Every route of the API goes through here.
-fn prepare(
+pub(crate) fn prepare(
     state: &AppState,
     headers: &HeaderMap,
     request: schemas::ChatRequest,
@@ -322,17 +329,18 @@ fn prepare(
 }
 
 /// A published request whose first reply chunk arrived (and was not an error).
-struct Dispatched {
-    registration: Registration,
-    first: ReplyChunk,
-    cancel: CancelOnDrop,
+pub(crate) struct Dispatched {
+    pub(crate) registration: Registration,
+    pub(crate) first: ReplyChunk,
+    pub(crate) cancel: CancelOnDrop,
 }
 
 /// Publishes the request and waits for its first chunk; an error chunk becomes the
-/// answer's status.
-async fn dispatch(
+/// answer's status. `route` labels the first-chunk latency metric.
+pub(crate) async fn dispatch(
     state: &AppState,
     prepared: &Prepared,
+    route: &str,
     started: Instant,
 ) -> Result<Dispatched, ApiError> {
     // Register before publishing, so no reply can arrive unrouted.
@@ -353,7 +361,7 @@ async fn dispatch(
         .metrics
         .first_chunk
         .get_or_create(&RouteLabels {
-            route: "chat_completions".into(),
+            route: route.into(),
         })
         .observe(started.elapsed().as_secs_f64());
     if let Some(error) = first.error.take() {
@@ -368,7 +376,7 @@ async fn dispatch(
 }
 
 /// `x-request-id`, and who served the answer.
-fn answer_headers(request_id: Uuid, first: &ReplyChunk) -> HeaderMap {
+pub(crate) fn answer_headers(request_id: Uuid, first: &ReplyChunk) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&request_id.to_string()) {
         headers.insert("x-request-id", v);
@@ -387,6 +395,13 @@ fn answer_headers(request_id: Uuid, first: &ReplyChunk) -> HeaderMap {
     {
         headers.insert("x-switchyard-served-model", m);
     }
+    // Parameters the provider has no equivalent for, so the caller knows they were
+    // not applied.
+    if !first.dropped_params.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&first.dropped_params.join(","))
+    {
+        headers.insert("x-switchyard-dropped-params", v);
+    }
     headers
 }
 
@@ -396,7 +411,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// Publishes `cancel.<request>` when dropped while armed.
-struct CancelOnDrop {
+pub(crate) struct CancelOnDrop {
     client: async_nats::Client,
     tracker: TaskTracker,
     request_id: Uuid,
@@ -413,7 +428,7 @@ impl CancelOnDrop {
         }
     }
 
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.armed = false;
     }
 }
@@ -468,7 +483,7 @@ async fn publish(
 }
 
 /// The next chunk, or a 504 when the deadline passes first.
-async fn next_chunk(
+pub(crate) async fn next_chunk(
     registration: &mut Registration,
     deadline: TokioInstant,
 ) -> Result<ReplyChunk, ApiError> {
@@ -495,7 +510,7 @@ struct ReplyContext {
 }
 
 /// Checks the chunk order: `seq` grows by one; an error chunk ends the reply whatever its seq.
-fn in_order(chunk: &ReplyChunk, expected: u32) -> Result<(), ApiError> {
+pub(crate) fn in_order(chunk: &ReplyChunk, expected: u32) -> Result<(), ApiError> {
     if chunk.error.is_none() && chunk.seq != expected {
         return Err(ApiError::new(
             ErrorKind::Internal,
@@ -509,7 +524,7 @@ fn in_order(chunk: &ReplyChunk, expected: u32) -> Result<(), ApiError> {
 }
 
 /// Reads chunks to the last one and assembles a non-streaming answer.
-async fn collect(
+pub(crate) async fn collect(
     registration: &mut Registration,
     first: ReplyChunk,
     deadline: TokioInstant,
@@ -521,6 +536,7 @@ async fn collect(
         if chunk.seq == 0 && chunk.error.is_none() {
             // A redelivered request starts over from seq 0: nothing was sent yet, so restart.
             completion = Completion::default();
+            completion.dropped_params = std::mem::take(&mut chunk.dropped_params);
             expected = 0;
         }
         in_order(&chunk, expected)?;

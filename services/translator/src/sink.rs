@@ -13,6 +13,7 @@ pub struct ChunkSink {
     request_id: Uuid,
     seq: u32,
     provider: &'static str,
+    dropped_params: Vec<String>,
     finished: bool,
 }
 
@@ -34,8 +35,14 @@ impl ChunkSink {
             request_id,
             seq: 0,
             provider,
+            dropped_params: Vec::new(),
             finished: false,
         }
+    }
+
+    /// Parameters the provider call leaves out; reported on the first chunk.
+    pub fn set_dropped_params(&mut self, params: Vec<String>) {
+        self.dropped_params = params;
     }
 
     /// Whether anything reached the caller yet (retrying is safe only before).
@@ -65,6 +72,7 @@ impl ChunkSink {
         if self.seq == 0 {
             chunk.provider = Some(self.provider.to_string());
             chunk.model = served_model.map(str::to_string);
+            chunk.dropped_params = self.dropped_params.clone();
         }
         self.publish(&chunk).await
     }

@@ -137,6 +137,21 @@ def test_streamed_tool_call_arrives_whole(client, model):
     assert finish == "tool_calls"
 
 
+@pytest.mark.parametrize(
+    "model, dropped",
+    [("openai/gpt-4o-mini", None), ("anthropic/claude-sonnet-4-5", "seed,presence_penalty"),
+     ("google/gemini-2.5-flash", "user")],
+)
+def test_params_a_provider_cannot_take_are_reported(client, model, dropped):
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=conversation("hi"), seed=7, presence_penalty=0.5, user="u-1",
+    )
+    assert raw.headers.get("x-switchyard-dropped-params") == dropped
+    body = json.loads(raw.text)
+    assert body.get("dropped_params") == (dropped.split(",") if dropped else None)
+    assert raw.parse().choices[0].message.content == "echo: hi"
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_provider_rate_limit_is_429_with_retry_after(client, provider):
     with pytest.raises(openai.RateLimitError) as err:

@@ -352,6 +352,19 @@ fn message_blocks(m: &Message) -> Result<(&'static str, Vec<Value>), ErrorBody> 
     }
 }
 
+/// The parameters of `params` the Messages API has no equivalent for.
+pub fn dropped_params(params: &schemas::Params) -> Vec<String> {
+    [
+        ("seed", params.seed.is_some()),
+        ("presence_penalty", params.presence_penalty.is_some()),
+        ("frequency_penalty", params.frequency_penalty.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(name, _)| name.to_string())
+    .collect()
+}
+
 /// The Messages request body, or the reason the request cannot be expressed.
 pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Result<Value, ErrorBody> {
     let mut system: Vec<String> = Vec::new();
@@ -398,8 +411,8 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Result<Value
     if let Some(u) = &p.user {
         body["metadata"] = json!({"user_id": u});
     }
-    // TODO(issue 3): report dropped params (seed, presence_penalty and frequency_penalty
-    // have no Anthropic equivalent and are left out).
+    // seed, presence_penalty and frequency_penalty have no Anthropic equivalent: left
+    // out, and reported to the caller through `dropped_params`.
     if !request.tools.is_empty() {
         let mut tools = Vec::with_capacity(request.tools.len());
         for t in &request.tools {
@@ -957,5 +970,20 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::RateLimited);
         assert_eq!(e.message, "anthropic answered HTTP 429");
         assert_eq!(e.retry_after_ms, Some(1000));
+    }
+
+    #[test]
+    fn reports_the_params_it_drops() {
+        let params = schemas::Params {
+            seed: Some(1),
+            frequency_penalty: Some(0.1),
+            user: Some("u".into()),
+            ..schemas::Params::default()
+        };
+        assert_eq!(
+            dropped_params(&params),
+            ["seed".to_string(), "frequency_penalty".to_string()]
+        );
+        assert!(dropped_params(&schemas::Params::default()).is_empty());
     }
 }

@@ -367,6 +367,15 @@ fn function_name<'a>(
         .map(|c| c.name.as_str())
 }
 
+/// The parameters of `params` Gemini has no field for.
+pub fn dropped_params(params: &schemas::Params) -> Vec<String> {
+    if params.user.is_some() {
+        vec!["user".to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// The `generateContent` request body.
 pub fn request_body(request: &ChatRequest) -> Result<Value, ErrorBody> {
     let mut system: Vec<Value> = Vec::new();
@@ -479,6 +488,7 @@ pub fn request_body(request: &ChatRequest) -> Result<Value, ErrorBody> {
     if !config.is_empty() {
         body["generationConfig"] = Value::Object(config);
     }
+    // `user` has no Gemini field: left out and reported through `dropped_params`.
     if !request.tools.is_empty() {
         let declarations = request
             .tools
@@ -1024,5 +1034,17 @@ mod tests {
             error_from_body(503, "", None, key).kind,
             ErrorKind::Unavailable
         );
+    }
+
+    #[test]
+    fn reports_the_params_it_drops() {
+        let params = schemas::Params {
+            seed: Some(1),
+            frequency_penalty: Some(0.1),
+            user: Some("u".into()),
+            ..schemas::Params::default()
+        };
+        assert_eq!(dropped_params(&params), ["user".to_string()]);
+        assert!(dropped_params(&schemas::Params::default()).is_empty());
     }
 }

@@ -46,6 +46,11 @@ impl Providers {
         sink: &mut ChunkSink,
         on_first_byte: impl FnOnce(),
     ) -> Result<(), Failure> {
+        sink.set_dropped_params(match provider {
+            Provider::OpenAi => Vec::new(),
+            Provider::Anthropic => anthropic::dropped_params(&request.params),
+            Provider::Google => gemini::dropped_params(&request.params),
+        });
         match provider {
             Provider::OpenAi => {
                 self.openai
