@@ -45,6 +45,57 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<OaiTool>>,
     #[serde(default)]
     pub tool_choice: Option<Value>,
+    /// Refused: provider endpoints are the operator's (see [`base_url_override`]).
+    #[serde(
+        default,
+        alias = "api_base",
+        alias = "baseURL",
+        alias = "api_url",
+        alias = "endpoint"
+    )]
+    pub base_url: Option<serde::de::IgnoredAny>,
+}
+
+/// The answer to a request that tries to choose the provider's URL: the gateway would
+/// otherwise send the caller's key (and a sealed prompt) wherever it was told.
+pub(crate) fn base_url_override(field: &str) -> ApiError {
+    invalid(format!(
+        "'{field}' cannot be set: provider base URLs are configured by the operator, not per request"
+    ))
+    .with_param(field)
+}
+
+/// Header names that would choose a provider URL; any of them is refused.
+pub(crate) fn is_base_url_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "base-url", "base_url", "api-base", "api_base", "baseurl", "endpoint",
+    ]
+    .iter()
+    .any(|n| name.contains(n))
+}
+
+/// Checks parameter ranges the way providers document them, so a bad value is our 400
+/// naming the field, not a provider error after a round trip.
+pub(crate) fn validate_params(p: &schemas::Params) -> Result<(), ApiError> {
+    let range = |name: &str, v: Option<f64>, lo: f64, hi: f64| match v {
+        Some(x) if !(lo..=hi).contains(&x) => Err(invalid(format!(
+            "'{name}' must be between {lo} and {hi}, got {x}"
+        ))
+        .with_param(name)),
+        _ => Ok(()),
+    };
+    range("temperature", p.temperature, 0.0, 2.0)?;
+    range("top_p", p.top_p, 0.0, 1.0)?;
+    range("presence_penalty", p.presence_penalty, -2.0, 2.0)?;
+    range("frequency_penalty", p.frequency_penalty, -2.0, 2.0)?;
+    if p.max_tokens == Some(0) {
+        return Err(invalid("'max_tokens' must be at least 1").with_param("max_tokens"));
+    }
+    if p.stop.len() > 4 {
+        return Err(invalid("'stop' takes at most 4 sequences").with_param("stop"));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -266,6 +317,9 @@ pub struct Normalized {
 
 /// Validates the request and converts it to the normalized form.
 pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
+    if req.base_url.is_some() {
+        return Err(base_url_override("base_url"));
+    }
     let model = match req.model {
         Some(m) if !m.trim().is_empty() => m,
         _ => return Err(invalid("you must provide a model parameter").with_param("model")),

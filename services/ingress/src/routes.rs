@@ -272,6 +272,14 @@ pub(crate) fn prepare(
             .with_param("model"));
         }
     };
+    if let Some(name) = headers
+        .keys()
+        .map(|n| n.as_str())
+        .find(|n| openai::is_base_url_header(n))
+    {
+        return Err(openai::base_url_override(name));
+    }
+    openai::validate_params(&request.params)?;
     let provider_key = headers
         .get(PROVIDER_KEY_HEADER)
         .and_then(|v| v.to_str().ok())

@@ -104,6 +104,15 @@ pub struct UnifiedRequest {
     pub tool_choice: Option<Value>,
     #[serde(default)]
     pub stream: Option<bool>,
+    /// Refused: provider endpoints are the operator's.
+    #[serde(
+        default,
+        alias = "api_base",
+        alias = "baseURL",
+        alias = "api_url",
+        alias = "endpoint"
+    )]
+    pub base_url: Option<serde::de::IgnoredAny>,
 }
 
 /// Sampling and length parameters; absent means the provider's default.
@@ -137,6 +146,9 @@ fn invalid(message: impl Into<String>, param: &str) -> ApiError {
 /// Validates the body and converts it, with the model id from the path, to the
 /// normalized request.
 pub fn normalize(model_id: String, req: UnifiedRequest) -> Result<ChatRequest, ApiError> {
+    if req.base_url.is_some() {
+        return Err(crate::openai::base_url_override("base_url"));
+    }
     if req.model.is_some() {
         return Err(invalid(
             "'model' is not allowed in the body: the path names the model (/models/v2/<model id>)",
