@@ -1,0 +1,203 @@
+//! The harness every provider's translator test shares: a real nats-server with the
+//! definitions applied, the mock provider (all wire formats) and the translator itself,
+//! plus publishing requests the way the ingress does.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods,
+    dead_code
+)]
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::Utc;
+use futures::StreamExt;
+use schemas::{
+    ChatRequest, Message, Params, ReplyChunk, ReplyTarget, RequestEnvelope, Role, SealKey,
+    SealedRequest,
+};
+use switchyard_loadtest::mock::openai::MockConfig;
+use switchyard_nats::testing::NatsServer;
+use switchyard_translator::Config;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub struct Harness {
+    _nats: NatsServer,
+    pub health_url: String,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub seal: SealKey,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A nats-server, the mock (every provider, accepting `provider_key`) and the translator.
+pub async fn start(mock: MockConfig, provider_key: &str) -> Harness {
+    let nats = NatsServer::start().unwrap();
+    let client = nats.connect_and_apply().await.unwrap();
+    let shutdown = CancellationToken::new();
+
+    let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock_root = format!("http://{}", mock_listener.local_addr().unwrap());
+    let stop = shutdown.clone();
+    tokio::spawn(switchyard_loadtest::mock::openai::serve(
+        mock_listener,
+        MockConfig {
+            api_key: Some(provider_key.into()),
+            ..mock
+        },
+        async move { stop.cancelled().await },
+    ));
+
+    let seal_text = SealKey::generate_base64();
+    let config = Config {
+        nats_url: nats.url().to_string(),
+        seal: schemas::SealKeyArgs::inline(seal_text.clone()),
+        openai_base_url: format!("{mock_root}/v1"),
+        anthropic_base_url: mock_root.clone(),
+        gemini_base_url: mock_root.clone(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        concurrency: 8,
+        max_attempts: 3,
+        connect_timeout_secs: 2,
+    };
+    let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let health_url = format!("http://{}", health.local_addr().unwrap());
+    tokio::spawn(switchyard_translator::serve(
+        health,
+        config,
+        shutdown.clone(),
+    ));
+    Harness {
+        js: jetstream::new(client.clone()),
+        client,
+        seal: SealKey::from_base64("default", &seal_text).unwrap(),
+        _nats: nats,
+        health_url,
+        shutdown,
+    }
+}
+
+/// A system + user request.
+pub fn request(model: &str, text: &str, stream: bool) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![
+            Message::text(Role::System, "be brief"),
+            Message::text(Role::User, text),
+        ],
+        params: Params::default(),
+        tools: vec![],
+        tool_choice: None,
+        stream,
+    }
+}
+
+impl Harness {
+    /// Publishes like the ingress does; returns the request id and its reply subscription.
+    pub async fn publish(
+        &self,
+        request: ChatRequest,
+        key: &str,
+        deadline_in: chrono::Duration,
+    ) -> (Uuid, async_nats::Subscriber) {
+        let subject = match schemas::subjects::route_model(&request.model).unwrap() {
+            schemas::subjects::ModelRoute::Closed { provider, .. } => {
+                schemas::subjects::closed_request(provider)
+            }
+            other => panic!("not a closed model: {other:?}"),
+        };
+        let id = Uuid::now_v7();
+        let reply = format!("reply.test.{}", id.simple());
+        let sub = self.client.subscribe(reply.clone()).await.unwrap();
+        let plain = schemas::encode(&SealedRequest {
+            request: request.clone(),
+            provider_key: Some(key.into()),
+        })
+        .unwrap();
+        let envelope = RequestEnvelope {
+            schema_version: 1,
+            request_id: id,
+            account: "dev".into(),
+            created_at: Utc::now(),
+            deadline: Utc::now() + deadline_in,
+            reply: ReplyTarget::Stream { subject: reply },
+            model: request.model.clone(),
+            body: self.seal.seal(id, &plain).unwrap(),
+        };
+        self.js
+            .send_publish(
+                subject,
+                jetstream::message::PublishMessage::build()
+                    .payload(schemas::encode(&envelope).unwrap().into())
+                    .message_id(id.to_string()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        (id, sub)
+    }
+
+    /// Publishes and collects the reply chunks up to the last.
+    pub async fn call(
+        &self,
+        request: ChatRequest,
+        key: &str,
+        deadline_in: chrono::Duration,
+    ) -> Vec<ReplyChunk> {
+        let (id, mut sub) = self.publish(request, key, deadline_in).await;
+        let mut chunks = Vec::new();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(20), sub.next())
+                .await
+                .expect("reply within 20 s")
+                .unwrap();
+            let chunk: ReplyChunk = schemas::decode(&msg.payload).unwrap();
+            assert_eq!(chunk.request_id, id);
+            let last = chunk.last;
+            chunks.push(chunk);
+            if last {
+                break;
+            }
+        }
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!(c.seq as usize, i, "chunks in order");
+        }
+        chunks
+    }
+
+    pub async fn consumer_info(&self) -> jetstream::consumer::Info {
+        let mut c: jetstream::consumer::PullConsumer = self
+            .js
+            .get_stream("REQUESTS")
+            .await
+            .unwrap()
+            .get_consumer("translator")
+            .await
+            .unwrap();
+        c.info().await.unwrap().clone()
+    }
+
+    pub async fn pending(&self) -> u64 {
+        let info = self.consumer_info().await;
+        info.num_pending + info.num_ack_pending as u64
+    }
+}
+
+/// The streamed text, concatenated.
+pub fn content(chunks: &[ReplyChunk]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c.delta.as_ref().and_then(|d| d.content.clone()))
+        .collect()
+}
