@@ -8,7 +8,6 @@
     clippy::disallowed_methods
 )]
 
-use futures::StreamExt;
 use schemas::{
     ErrorBody, ErrorKind, FinishReason, Message, ReplyChunk, Role, Tool, ToolCall, ToolChoice,
     Usage,
