@@ -2,8 +2,6 @@
 
 use std::collections::HashMap;
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
 use schemas::{
     ChatRequest, ContentPart, Delta, ErrorBody, ErrorKind, FinishReason, Message, Role,
     ToolCallDelta, ToolChoice, Usage,
@@ -11,7 +9,7 @@ use schemas::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Failure, kind_for_status, retry_after_ms, scrub, transport_error};
+use super::{Events, Failure, kind_for_status, read_json, scrub, send};
 use crate::sink::ChunkSink;
 
 pub const PROVIDER: &str = "anthropic";
@@ -49,40 +47,17 @@ impl Anthropic {
         on_first_byte: impl FnOnce(),
     ) -> Result<(), Failure> {
         let body = request_body(request, upstream_model).map_err(Failure::Reply)?;
-        let response = self
+        let call = self
             .http
             .post(&self.url)
             .header("x-api-key", key)
             .header("anthropic-version", API_VERSION)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| Failure::Reply(transport_error(PROVIDER, &e)))?;
-        on_first_byte();
-        let status = response.status();
-        if !status.is_success() {
-            let retry = retry_after_ms(response.headers());
-            let text = response.text().await.unwrap_or_default();
-            return Err(Failure::Reply(error_from_body(
-                status.as_u16(),
-                &text,
-                retry,
-                key,
-            )));
-        }
+            .json(&body);
+        let response = send(call, PROVIDER, key, on_first_byte, error_from_body).await?;
         if request.stream {
             stream(response, sink, key).await
         } else {
-            let text = response
-                .text()
-                .await
-                .map_err(|e| Failure::Reply(transport_error(PROVIDER, &e)))?;
-            let mut parsed: MessageResponse = serde_json::from_str(&text).map_err(|e| {
-                Failure::Reply(ErrorBody::new(
-                    ErrorKind::Upstream,
-                    format!("anthropic answered with a body this gateway cannot read: {e}"),
-                ))
-            })?;
+            let mut parsed: MessageResponse = read_json(response, PROVIDER).await?;
             let model = parsed.model.take();
             let (delta, finish, usage) = parsed.into_reply();
             sink.send(Some(delta), finish, usage, model.as_deref(), true)
@@ -107,31 +82,11 @@ async fn stream(
     sink: &mut ChunkSink,
     key: &str,
 ) -> Result<(), Failure> {
-    let mut events = response.bytes_stream().eventsource();
+    let mut events = Events::new(response, PROVIDER, "message_stop", key);
     let mut state = StreamState::default();
     while let Some(event) = events.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                return Err(Failure::Reply(ErrorBody::new(
-                    ErrorKind::Upstream,
-                    format!(
-                        "anthropic's stream broke before message_stop ({}): the answer may be incomplete",
-                        scrub(&e.to_string(), key)
-                    ),
-                )));
-            }
-        };
-        let data = event.data.trim();
-        if data.is_empty() {
-            continue;
-        }
-        let parsed: StreamEvent = serde_json::from_str(data).map_err(|e| {
-            Failure::Reply(ErrorBody::new(
-                ErrorKind::Upstream,
-                format!("anthropic sent a stream event this gateway cannot read: {e}"),
-            ))
-        })?;
+        let (_, data) = event?;
+        let parsed: StreamEvent = events.parse(&data)?;
         match parsed {
             StreamEvent::MessageStart { message } => {
                 state.usage = message.usage;
@@ -237,10 +192,7 @@ async fn stream(
             StreamEvent::ContentBlockStop | StreamEvent::Ping | StreamEvent::Unknown => {}
         }
     }
-    Err(Failure::Reply(ErrorBody::new(
-        ErrorKind::Upstream,
-        "anthropic's stream ended before message_stop: the answer may be incomplete",
-    )))
+    Err(events.ended_early())
 }
 
 /// The tool-call index of content block `block`, numbering tool uses as they appear.

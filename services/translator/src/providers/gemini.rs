@@ -19,8 +19,6 @@
 //! - A wrong key is a 400 `INVALID_ARGUMENT` with reason `API_KEY_INVALID` from Google;
 //!   we report it as `Authentication`, like every other provider's bad key.
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
 use schemas::{
     ChatRequest, ContentPart, Delta, ErrorBody, ErrorKind, FinishReason, Message, Role,
     ToolCallDelta, ToolChoice, Usage,
@@ -28,7 +26,7 @@ use schemas::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Failure, kind_for_status, retry_after_ms, scrub, transport_error};
+use super::{Events, Failure, kind_for_status, read_json, scrub, send};
 use crate::sink::ChunkSink;
 
 /// How the provider is named in messages to the caller.
@@ -62,39 +60,16 @@ impl Gemini {
         let url = self.url(upstream_model, request.stream)?;
         let body = request_body(request).map_err(Failure::Reply)?;
         // The key goes in a header, never in the URL: URLs end up in logs and errors.
-        let response = self
+        let call = self
             .http
             .post(&url)
             .header("x-goog-api-key", key)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| Failure::Reply(transport_error(PROVIDER, &e)))?;
-        on_first_byte();
-        let status = response.status();
-        if !status.is_success() {
-            let retry = retry_after_ms(response.headers());
-            let text = response.text().await.unwrap_or_default();
-            return Err(Failure::Reply(error_from_body(
-                status.as_u16(),
-                &text,
-                retry,
-                key,
-            )));
-        }
+            .json(&body);
+        let response = send(call, PROVIDER, key, on_first_byte, error_from_body).await?;
         if request.stream {
             return stream(response, sink, key).await;
         }
-        let text = response
-            .text()
-            .await
-            .map_err(|e| Failure::Reply(transport_error(PROVIDER, &e)))?;
-        let parsed: GenerateResponse = serde_json::from_str(&text).map_err(|e| {
-            Failure::Reply(ErrorBody::new(
-                ErrorKind::Upstream,
-                format!("gemini answered with a body this gateway cannot read: {e}"),
-            ))
-        })?;
+        let parsed: GenerateResponse = read_json(response, PROVIDER).await?;
         let mut calls = CallCounter::default();
         let mut piece = translate(&parsed, &mut calls, key).map_err(Failure::Reply)?;
         if parsed.candidates.is_empty() {
@@ -134,32 +109,12 @@ async fn stream(
     sink: &mut ChunkSink,
     key: &str,
 ) -> Result<(), Failure> {
-    let mut events = response.bytes_stream().eventsource();
+    let mut events = Events::new(response, PROVIDER, "a finish reason", key);
     let mut calls = CallCounter::default();
     let mut usage = None;
     while let Some(event) = events.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                return Err(Failure::Reply(ErrorBody::new(
-                    ErrorKind::Upstream,
-                    format!(
-                        "gemini's stream broke before a finish reason ({}): the answer may be incomplete",
-                        scrub(&e.to_string(), key)
-                    ),
-                )));
-            }
-        };
-        let data = event.data.trim();
-        if data.is_empty() {
-            continue;
-        }
-        let chunk: GenerateResponse = serde_json::from_str(data).map_err(|e| {
-            Failure::Reply(ErrorBody::new(
-                ErrorKind::Upstream,
-                format!("gemini sent a stream event this gateway cannot read: {e}"),
-            ))
-        })?;
+        let (_, data) = event?;
+        let chunk: GenerateResponse = events.parse(&data)?;
         let piece = translate(&chunk, &mut calls, key).map_err(Failure::Reply)?;
         if let Some(u) = chunk.usage_metadata {
             // Every chunk carries counts; the finishing one has the complete ones.
@@ -178,10 +133,7 @@ async fn stream(
             sink.send(delta, None, None, model, false).await?;
         }
     }
-    Err(Failure::Reply(ErrorBody::new(
-        ErrorKind::Upstream,
-        "gemini's stream ended without a finish reason: the answer may be incomplete",
-    )))
+    Err(events.ended_early())
 }
 
 /// Numbers function calls across one answer (all chunks of a stream).

@@ -7,8 +7,11 @@ pub mod anthropic;
 pub mod gemini;
 pub mod openai;
 
+use eventsource_stream::{EventStream, Eventsource};
+use futures::{Stream, StreamExt};
 use schemas::subjects::Provider;
 use schemas::{ChatRequest, ErrorBody, ErrorKind};
+use serde::de::DeserializeOwned;
 
 use crate::sink::{ChunkSink, SendError};
 
@@ -68,6 +71,127 @@ impl Providers {
                     .await
             }
         }
+    }
+}
+
+/// Reads a provider's error body (its own format) into ours.
+pub type ErrorReader =
+    fn(status: u16, text: &str, retry_after_ms: Option<u64>, key: &str) -> ErrorBody;
+
+/// Sends a provider request. A transport failure, or an answer that is not 2xx (read
+/// with the provider's `error_from_body`), is the failure to report; `on_first_byte`
+/// runs as soon as the provider answered.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    provider: &str,
+    key: &str,
+    on_first_byte: impl FnOnce(),
+    error_from_body: ErrorReader,
+) -> Result<reqwest::Response, Failure> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| Failure::Reply(transport_error(provider, &e)))?;
+    on_first_byte();
+    let status = response.status();
+    if !status.is_success() {
+        let retry = retry_after_ms(response.headers());
+        let text = response.text().await.unwrap_or_default();
+        return Err(Failure::Reply(error_from_body(
+            status.as_u16(),
+            &text,
+            retry,
+            key,
+        )));
+    }
+    Ok(response)
+}
+
+/// Reads a whole (non-streaming) JSON answer.
+pub async fn read_json<T: DeserializeOwned>(
+    response: reqwest::Response,
+    provider: &str,
+) -> Result<T, Failure> {
+    let text = response
+        .text()
+        .await
+        .map_err(|e| Failure::Reply(transport_error(provider, &e)))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Failure::Reply(ErrorBody::new(
+            ErrorKind::Upstream,
+            format!("{provider} answered with a body this gateway cannot read: {e}"),
+        ))
+    })
+}
+
+/// A provider's SSE answer, event by event. A broken connection is an Upstream failure
+/// saying the answer may be incomplete; the provider's stream grammar is the caller's.
+pub struct Events<S> {
+    events: EventStream<S>,
+    provider: &'static str,
+    terminator: &'static str,
+    key: String,
+}
+
+impl Events<std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>> {
+    /// `terminator` names what ends a complete stream (e.g. `[DONE]`), for messages.
+    pub fn new(
+        response: reqwest::Response,
+        provider: &'static str,
+        terminator: &'static str,
+        key: &str,
+    ) -> Self {
+        let body: std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>> =
+            Box::pin(response.bytes_stream());
+        Self {
+            events: body.eventsource(),
+            provider,
+            terminator,
+            key: key.to_string(),
+        }
+    }
+
+    /// The next event's name and non-empty data; `None` when the body ended.
+    pub async fn next(&mut self) -> Option<Result<(String, String), Failure>> {
+        loop {
+            return match self.events.next().await? {
+                Ok(event) if event.data.trim().is_empty() => continue,
+                Ok(event) => Some(Ok((event.event, event.data))),
+                Err(e) => Some(Err(Failure::Reply(ErrorBody::new(
+                    ErrorKind::Upstream,
+                    format!(
+                        "{}'s stream broke before {} ({}): the answer may be incomplete",
+                        self.provider,
+                        self.terminator,
+                        scrub(&e.to_string(), &self.key)
+                    ),
+                )))),
+            };
+        }
+    }
+
+    /// Parses one event's data.
+    pub fn parse<T: DeserializeOwned>(&self, data: &str) -> Result<T, Failure> {
+        serde_json::from_str(data.trim()).map_err(|e| {
+            Failure::Reply(ErrorBody::new(
+                ErrorKind::Upstream,
+                format!(
+                    "{} sent a stream event this gateway cannot read: {e}",
+                    self.provider
+                ),
+            ))
+        })
+    }
+
+    /// The failure for a stream that ended without its terminator.
+    pub fn ended_early(&self) -> Failure {
+        Failure::Reply(ErrorBody::new(
+            ErrorKind::Upstream,
+            format!(
+                "{}'s stream ended before {}: the answer may be incomplete",
+                self.provider, self.terminator
+            ),
+        ))
     }
 }
 

@@ -1,7 +1,5 @@
 //! OpenAI Chat Completions: `POST {base}/chat/completions`, JSON or SSE.
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
 use schemas::{
     ChatRequest, ContentPart, Delta, ErrorBody, ErrorKind, FinishReason, Message, Role,
     ToolCallDelta, ToolChoice, Usage,
@@ -9,7 +7,7 @@ use schemas::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Failure, kind_for_status, retry_after_ms, scrub, transport_error};
+use super::{Events, Failure, kind_for_status, read_json, scrub, send};
 use crate::sink::ChunkSink;
 
 pub const PROVIDER: &str = "openai";
@@ -40,39 +38,12 @@ impl OpenAi {
         on_first_byte: impl FnOnce(),
     ) -> Result<(), Failure> {
         let body = request_body(request, upstream_model);
-        let response = self
-            .http
-            .post(&self.url)
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| Failure::Reply(transport_error(PROVIDER, &e)))?;
-        on_first_byte();
-        let status = response.status();
-        if !status.is_success() {
-            let retry = retry_after_ms(response.headers());
-            let text = response.text().await.unwrap_or_default();
-            return Err(Failure::Reply(error_from_body(
-                status.as_u16(),
-                &text,
-                retry,
-                key,
-            )));
-        }
+        let call = self.http.post(&self.url).bearer_auth(key).json(&body);
+        let response = send(call, PROVIDER, key, on_first_byte, error_from_body).await?;
         if request.stream {
             self.stream(response, sink, key).await
         } else {
-            let text = response
-                .text()
-                .await
-                .map_err(|e| Failure::Reply(transport_error(PROVIDER, &e)))?;
-            let parsed: Completion = serde_json::from_str(&text).map_err(|e| {
-                Failure::Reply(ErrorBody::new(
-                    ErrorKind::Upstream,
-                    format!("openai answered with a body this gateway cannot read: {e}"),
-                ))
-            })?;
+            let parsed: Completion = read_json(response, PROVIDER).await?;
             let choice = parsed.choices.into_iter().next();
             let (delta, finish) = match choice {
                 Some(c) => (
@@ -115,34 +86,14 @@ impl OpenAi {
         sink: &mut ChunkSink,
         key: &str,
     ) -> Result<(), Failure> {
-        let mut events = response.bytes_stream().eventsource();
+        let mut events = Events::new(response, PROVIDER, "[DONE]", key);
         while let Some(event) = events.next().await {
-            let event = match event {
-                Ok(e) => e,
-                Err(e) => {
-                    return Err(Failure::Reply(ErrorBody::new(
-                        ErrorKind::Upstream,
-                        format!(
-                            "openai's stream broke before [DONE] ({}): the answer may be incomplete",
-                            scrub(&e.to_string(), key)
-                        ),
-                    )));
-                }
-            };
-            let data = event.data.trim();
-            if data.is_empty() {
-                continue;
-            }
-            if data == "[DONE]" {
+            let (_, data) = event?;
+            if data.trim() == "[DONE]" {
                 sink.send(None, None, None, None, true).await?;
                 return Ok(());
             }
-            let chunk: StreamChunk = serde_json::from_str(data).map_err(|e| {
-                Failure::Reply(ErrorBody::new(
-                    ErrorKind::Upstream,
-                    format!("openai sent a stream event this gateway cannot read: {e}"),
-                ))
-            })?;
+            let chunk: StreamChunk = events.parse(&data)?;
             if let Some(err) = chunk.error {
                 return Err(Failure::Reply(ErrorBody::new(
                     ErrorKind::Upstream,
@@ -183,10 +134,7 @@ impl OpenAi {
                     .await?;
             }
         }
-        Err(Failure::Reply(ErrorBody::new(
-            ErrorKind::Upstream,
-            "openai's stream ended before [DONE]: the answer may be incomplete",
-        )))
+        Err(events.ended_early())
     }
 }
 
