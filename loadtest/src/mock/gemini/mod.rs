@@ -39,7 +39,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::MockConfig;
-use reply::{GenerateRequest, Magic, Reply};
+use super::openai::reply::{Magic, magic};
+use reply::{GenerateRequest, Reply};
 
 struct Shared {
     config: MockConfig,
@@ -157,7 +158,7 @@ async fn generate(
             Value::Null,
         );
     }
-    let magic = reply::magic(model);
+    let magic = magic(model);
     tracing::debug!(%model, stream, ?magic, "generate content");
     let ending = match magic {
         Magic::Error(status) => return status_error(status, model),
@@ -168,7 +169,8 @@ async fn generate(
                 Value::Null,
             );
         }
-        Magic::None => Ending::Finish,
+        // Flaky models are only for the OpenAI mock's retry tests.
+        Magic::None | Magic::Flaky(_) => Ending::Finish,
         Magic::Truncated => Ending::Abort,
         Magic::TruncatedClean => Ending::Clean,
     };
@@ -293,7 +295,7 @@ fn stream_events(
     let mut events = Vec::new();
     match reply {
         Reply::Text(text) => {
-            let pieces = reply::split_even(text, config.chunks);
+            let pieces = super::openai::reply::split_even(text, config.chunks);
             let sent = if ending == Ending::Finish {
                 pieces.len()
             } else {

@@ -68,36 +68,6 @@ pub(crate) enum Reply {
     },
 }
 
-/// Special behaviour selected by the model in the path.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Magic {
-    None,
-    /// `mock-error-<status>`.
-    Error(u16),
-    /// `mock-error-<anything else>`: a typo in a test, answered 400.
-    BadError,
-    /// `mock-truncated`: two chunks, then the connection is cut.
-    Truncated,
-    /// `mock-truncated-clean`: two chunks, then a clean end without a finishReason.
-    TruncatedClean,
-}
-
-pub(crate) fn magic(model: &str) -> Magic {
-    // Accept the gateway's provider prefix too, for requests sent straight to the mock.
-    let model = model.strip_prefix("google/").unwrap_or(model);
-    if let Some(status) = model.strip_prefix("mock-error-") {
-        return match status.parse::<u16>() {
-            Ok(status @ 400..=599) => Magic::Error(status),
-            _ => Magic::BadError,
-        };
-    }
-    match model {
-        "mock-truncated" => Magic::Truncated,
-        "mock-truncated-clean" => Magic::TruncatedClean,
-        _ => Magic::None,
-    }
-}
-
 /// Whitespace-separated words over `systemInstruction` and every content's text parts.
 pub(crate) fn prompt_tokens(request: &GenerateRequest) -> u64 {
     let words: usize = request
@@ -150,27 +120,6 @@ pub(crate) fn plan(request: &GenerateRequest) -> Result<Reply, String> {
     Ok(Reply::Text(format!("echo: {text}")))
 }
 
-/// Cuts `text` into exactly `n` contiguous pieces on char boundaries whose char counts
-/// differ by at most one (the first ones are longer). Concatenated they are `text`.
-pub(crate) fn split_even(text: &str, n: usize) -> Vec<&str> {
-    let n = n.max(1);
-    let bounds: Vec<usize> = text
-        .char_indices()
-        .map(|(i, _)| i)
-        .chain([text.len()])
-        .collect();
-    let chars = bounds.len() - 1;
-    let (base, extra) = (chars / n, chars % n);
-    let mut pieces = Vec::with_capacity(n);
-    let mut at = 0;
-    for i in 0..n {
-        let next = at + base + usize::from(i < extra);
-        pieces.push(&text[bounds[at]..bounds[next]]);
-        at = next;
-    }
-    pieces
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,18 +168,5 @@ mod tests {
                 {"role":"user","parts":[{"functionResponse":{"name":"f","response":{"temp":21}}}]}]}"#,
         );
         assert_eq!(plan(&req), Ok(Reply::Text(r#"echo: {"temp":21}"#.into())));
-    }
-
-    #[test]
-    fn magic_models_and_even_split() {
-        assert_eq!(magic("mock-error-429"), Magic::Error(429));
-        assert_eq!(magic("google/mock-error-503"), Magic::Error(503));
-        assert_eq!(magic("mock-error-200"), Magic::BadError);
-        assert_eq!(magic("mock-truncated"), Magic::Truncated);
-        assert_eq!(magic("mock-truncated-clean"), Magic::TruncatedClean);
-        assert_eq!(magic("gemini-2.0-flash"), Magic::None);
-        assert_eq!(split_even("abcdefg", 3), ["abc", "de", "fg"]);
-        assert_eq!(split_even("ab", 3), ["a", "b", ""]);
-        assert_eq!(split_even("é€x", 2), ["é€", "x"]);
     }
 }

@@ -14,7 +14,7 @@ pub(crate) enum Reply {
     ToolCall { name: String, arguments: String },
 }
 
-/// Special behaviour selected by the request's model name.
+/// Special behaviour selected by the request's model name, the same for every mock.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Magic {
     None,
@@ -32,8 +32,11 @@ pub(crate) enum Magic {
 }
 
 pub(crate) fn magic(model: &str) -> Magic {
-    // Accept the gateway's provider prefix too, for requests sent straight to the mock.
-    let model = model.strip_prefix("openai/").unwrap_or(model);
+    // Accept the gateway's provider prefixes too, for requests sent straight to a mock.
+    let model = ["openai/", "anthropic/", "google/"]
+        .iter()
+        .find_map(|p| model.strip_prefix(p))
+        .unwrap_or(model);
     if let Some(status) = model.strip_prefix("mock-flaky-") {
         return match status.parse::<u16>() {
             Ok(status @ 400..=599) => Magic::Flaky(status),
@@ -222,6 +225,9 @@ mod tests {
     fn magic_models() {
         assert_eq!(magic("mock-error-429"), Magic::Error(429));
         assert_eq!(magic("openai/mock-error-503"), Magic::Error(503));
+        assert_eq!(magic("google/mock-error-503"), Magic::Error(503));
+        assert_eq!(magic("anthropic/mock-truncated"), Magic::Truncated);
+        assert_eq!(magic("openai/mock-flaky-429"), Magic::Flaky(429));
         assert_eq!(magic("mock-error-200"), Magic::BadError);
         assert_eq!(magic("mock-error-x"), Magic::BadError);
         assert_eq!(magic("mock-truncated"), Magic::Truncated);
