@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Start the whole local Switchyard stack: nats-server, `switchyard-nats apply`, the mock
-provider, the translator and the ingress (and make sure Postgres is up for `just up`).
+provider, the translator and the ingress (and, for `just up`, make sure Postgres is up and
+migrated with `switchyard-admin migrate`; the ingress then checks accounts' API keys there).
 
 One module, three callers, so the start-up logic exists once:
 
@@ -44,6 +45,7 @@ DEFAULT_INGRESS_BIND = "127.0.0.1:8080"
 MOCK_API_KEY_UP = "sk-mock-local"  # the mock provider's key for `just up` (it is a mock)
 MIN_NATS = (2, 12)  # async-nats 0.51 needs a current server for KV; Debian's 2.9 is too old
 BINARIES = ("switchyard-nats", "switchyard-ingress", "switchyard-translator", "mock-provider")
+ADMIN = "switchyard-admin"  # needed only with Postgres (`just up`): migrates the database
 
 # Services in start order; `down` and `close()` stop them in reverse.
 NATS, MOCK, TRANSLATOR, INGRESS = "nats-server", "mock-provider", "translator", "ingress"
@@ -381,7 +383,8 @@ class Stack:
     def _start(self) -> None:
         cfg = self.cfg
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        missing = [b for b in BINARIES if not (cfg.bin_dir / b).exists()]
+        needed = BINARIES + ((ADMIN,) if cfg.postgres else ())
+        missing = [b for b in needed if not (cfg.bin_dir / b).exists()]
         if not self._needs_mock():
             missing = [b for b in missing if b != "mock-provider"]
         if missing:
@@ -395,6 +398,7 @@ class Stack:
 
         if cfg.postgres:
             self._ensure_postgres()
+            self._migrate(base_env)
         self._start_nats()
         self._apply_nats(base_env)
 
@@ -464,6 +468,8 @@ class Stack:
             # Tests and benchmark: nothing from the caller's environment tunes our services.
             env = {k: v for k, v in env.items()
                    if not k.startswith(("SWITCHYARD_", "NATS_", "INGRESS_", "TRANSLATOR_", "MOCK_", "LOADGEN_"))}
+            # Nor a developer's database: accounts' keys only where the config asks for them.
+            env.pop("DATABASE_URL", None)
         env["RUST_LOG"] = cfg.rust_log
         env["NO_COLOR"] = "1"  # logs go to files: no ANSI escapes (tracing-subscriber honours it)
         env.pop("RUST_LOG_STYLE", None)
@@ -605,8 +611,8 @@ class Stack:
                 time.sleep(0.2)
         psql = shutil.which("psql")
         if not psql:
-            self._say("postgres: psql not found; not checking that database "
-                      f"{dbname!r} exists (apt-get install postgresql-client)")
+            self._say(f"postgres: psql not found; `{ADMIN} migrate` will create database "
+                      f"{dbname!r} if it is missing")
             return
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", dbname):
             raise StackError(f"unexpected database name {dbname!r} in DATABASE_URL")
@@ -624,8 +630,19 @@ class Stack:
             if made.returncode != 0:
                 raise StackError(f"could not create database {dbname!r}: {made.stderr.strip()}")
             self._say(f"postgres: created database {dbname!r}")
-        # TODO(billing): run the sea-orm migrator here once the billing service has one.
         self._say(f"postgres: {host}:{port}/{dbname} ready")
+
+    def _migrate(self, base_env: dict[str, str]) -> None:
+        """`switchyard-admin migrate`: creates the database if missing, applies the sea-orm
+        migrations (idempotent). base_env carries DATABASE_URL, also to the ingress."""
+        log = self.log_dir / "migrate.log"
+        cmd = [str(self.cfg.bin_dir / ADMIN), "migrate"]
+        with open(log, "ab") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=base_env, cwd=REPO, timeout=120).returncode
+        if rc != 0:
+            raise StackError(f"`{shlex.join(cmd)}` exited {rc}; {log}:\n{tail(log)}")
+        self._say(f"postgres: migrated ({ADMIN} migrate; accounts and keys: {ADMIN} --help)")
 
     def _start_local_postgres(self) -> None:
         conf = Path("/etc/postgresql")

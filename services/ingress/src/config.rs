@@ -18,8 +18,8 @@ pub struct Config {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
-    /// The API key callers present (`Authorization: Bearer <key>`) until accounts
-    /// exist. Read it from the environment, never from a flag in shell history.
+    /// The dev API key (`Authorization: Bearer <key>`), accepted as account `dev` next
+    /// to accounts' keys. Read it from the environment, never from a flag in shell history.
     #[arg(long, env = "SWITCHYARD_DEV_API_KEY", hide_env_values = true)]
     pub dev_api_key: String,
 
@@ -43,6 +43,60 @@ pub struct Config {
     /// This ingress instance's id in reply subjects; random when unset.
     #[arg(long, env = "INGRESS_ID")]
     pub ingress_id: Option<String>,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Accounts' API keys (from Postgres) and per-key rate limits.
+#[derive(Clone, clap::Args)]
+pub struct AuthArgs {
+    /// Postgres holding accounts and API keys (`switchyard-admin`). Unset: only the
+    /// dev key is accepted.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// How long a verified key is trusted without asking Postgres again (so also how
+    /// long a revoked key may still work on this ingress).
+    #[arg(long, env = "INGRESS_AUTH_CACHE_TTL_SECS", default_value_t = 30)]
+    pub auth_cache_ttl_secs: u64,
+
+    /// Most keys held in that cache.
+    #[arg(long, env = "INGRESS_AUTH_CACHE_SIZE", default_value_t = 10_000)]
+    pub auth_cache_size: usize,
+
+    /// Requests per second allowed per API key (token bucket); 0 = no limit.
+    #[arg(long, env = "INGRESS_RATE_LIMIT_RPS", default_value_t = 0.0)]
+    pub rate_limit_rps: f64,
+
+    /// Requests a key may send at once above the steady rate; 0 = the rate (at least 1).
+    #[arg(long, env = "INGRESS_RATE_LIMIT_BURST", default_value_t = 0)]
+    pub rate_limit_burst: u32,
+}
+
+impl Default for AuthArgs {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            auth_cache_ttl_secs: 30,
+            auth_cache_size: 10_000,
+            rate_limit_rps: 0.0,
+            rate_limit_burst: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("AuthArgs")
+            .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
+            .field("auth_cache_ttl_secs", &self.auth_cache_ttl_secs)
+            .field("auth_cache_size", &self.auth_cache_size)
+            .field("rate_limit_rps", &self.rate_limit_rps)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -53,6 +107,7 @@ impl std::fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("ingress_id", &self.ingress_id)
+            .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
 }
@@ -66,6 +121,8 @@ pub enum ConfigError {
     SealKey(#[from] schemas::SealError),
     #[error("INGRESS_ID must be 1-32 ASCII letters or digits")]
     BadIngressId,
+    #[error("INGRESS_RATE_LIMIT_RPS must be a finite number >= 0")]
+    BadRateLimit,
 }
 
 impl Config {
@@ -104,6 +161,9 @@ impl Config {
         }
         self.seal_key()?;
         self.ingress_id()?;
+        if !(self.auth.rate_limit_rps.is_finite() && self.auth.rate_limit_rps >= 0.0) {
+            return Err(ConfigError::BadRateLimit);
+        }
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
 //! Switchyard's HTTP ingress.
 //!
 //! - [`config`]: flags and environment.
+//! - [`auth`]: API keys (the dev key; accounts' keys from Postgres, cached) and the
+//!   per-key rate limit.
 //! - [`routes`]: the axum router — `POST /v1/chat/completions`, `POST /models/v2/…`,
 //!   `GET /healthz`, `GET /metrics` — and the request pipeline every route shares:
 //!   authenticate, normalize, seal, publish to JetStream (awaited PubAck,
@@ -14,6 +16,7 @@
 //!
 //! [`run`] is what the binary runs; tests call [`serve`] with a listener of their own.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -50,6 +53,8 @@ pub enum Error {
     },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("accounts database (DATABASE_URL): {0}")]
+    Database(#[from] switchyard_store::Error),
 }
 
 /// How long in-flight requests get to finish after shutdown is signalled.
@@ -83,6 +88,13 @@ pub async fn serve(
             url: config.nats_url.clone(),
             source,
         })?;
+    // Lazy: the ingress starts while Postgres is down, and answers 503 to keys it
+    // cannot check until it is back (the dev key keeps working).
+    let db = match &config.auth.database_url {
+        Some(url) => Some(switchyard_store::connect(url, true).await?),
+        None => None,
+    };
+    let auth = auth::Auth::new(config.dev_api_key.clone(), db, &config.auth);
     let tracker = TaskTracker::new();
     let replies =
         replies::Replies::start(&client, ingress_id.clone(), &tracker, shutdown.clone()).await?;
@@ -91,6 +103,7 @@ pub async fn serve(
         client,
         seal,
         replies,
+        auth,
         metrics: metrics::Metrics::default(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),

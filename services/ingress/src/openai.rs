@@ -45,7 +45,7 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<OaiTool>>,
     #[serde(default)]
     pub tool_choice: Option<Value>,
-    /// Refused: provider endpoints are the operator's (see [`base_url_override`]).
+    /// Refused: provider endpoints are the operator's (see `base_url_override`).
     #[serde(
         default,
         alias = "api_base",

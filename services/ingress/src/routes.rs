@@ -18,7 +18,6 @@ use schemas::subjects::{self, ModelRoute};
 use schemas::{
     ErrorBody, ErrorKind, ReplyChunk, ReplyTarget, RequestEnvelope, SealKey, SealedRequest,
 };
-use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +39,7 @@ pub struct AppState {
     pub js: jetstream::Context,
     pub seal: SealKey,
     pub replies: Replies,
+    pub auth: crate::auth::Auth,
     pub metrics: Metrics,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
@@ -90,9 +90,12 @@ async fn metrics(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-/// Checks `Authorization: Bearer <key>` (or `Key <key>`) in constant time; returns
-/// the account.
-pub(crate) fn authenticate(headers: &HeaderMap, expected: &str) -> Result<String, ApiError> {
+/// Checks `Authorization: Bearer <key>` (or `Key <key>`) — the dev key, or an
+/// account's key through [`crate::auth`] — and the key's rate limit; returns the account.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::new(
             ErrorKind::Authentication,
@@ -110,13 +113,9 @@ pub(crate) fn authenticate(headers: &HeaderMap, expected: &str) -> Result<String
         })
         .map(str::trim)
         .unwrap_or_default();
-    if presented.is_empty() || !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-        return Err(ApiError::new(
-            ErrorKind::Authentication,
-            "invalid Switchyard API key",
-        ));
-    }
-    Ok("dev".to_string())
+    let caller = state.auth.check(presented).await?;
+    state.auth.limit(&caller)?;
+    Ok(caller.account)
 }
 
 async fn chat_completions(
@@ -158,7 +157,7 @@ async fn handle_chat(
     body: Result<Bytes, BytesRejection>,
     started: Instant,
 ) -> Result<(Response, bool), ApiError> {
-    let account = authenticate(headers, &state.config.dev_api_key)?;
+    let account = authenticate(state, headers).await?;
     let body = read_body(state, body)?;
     let normalized = openai::normalize(openai::parse_body(&body)?)?;
     let include_usage = normalized.include_usage;

@@ -255,7 +255,7 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
     started: Instant,
 ) -> Result<(Response, bool), ApiError> {
-    let account = routes::authenticate(headers, &state.config.dev_api_key)?;
+    let account = routes::authenticate(state, headers).await?;
     let Path(model_id) = path.map_err(|rejection| {
         invalid(
             format!("invalid model id in the path: {rejection}"),

@@ -54,6 +54,7 @@ async fn start(max_body_bytes: usize, timeout_secs: u64) -> Harness {
         request_timeout_secs: timeout_secs,
         publish_timeout_ms: 5000,
         ingress_id: Some("test1".into()),
+        auth: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

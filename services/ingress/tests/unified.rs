@@ -55,6 +55,7 @@ async fn start(timeout_secs: u64) -> Harness {
         request_timeout_secs: timeout_secs,
         publish_timeout_ms: 5000,
         ingress_id: Some("unified1".into()),
+        auth: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
