@@ -2,6 +2,7 @@
 //!
 //! - [`envelope`]: the request envelope every request travels in (id, account, times,
 //!   schema version, reply target) with its sealed body.
+//! - [`catalog`]: the model catalog (`schemas/catalog/models.json`).
 //! - [`chat`]: the normalized chat request every provider and worker understands.
 //! - [`chunk`]: the streamed reply chunk workers send back.
 //! - [`error`]: the error every service reports and the HTTP status it maps to.
@@ -16,6 +17,7 @@
 //! Wire rules: fields are only ever added (as `Option` or with `#[serde(default)]`),
 //! never renamed or removed; a breaking change is a new type on a new subject.
 
+pub mod catalog;
 pub mod chat;
 pub mod chunk;
 pub mod codec;

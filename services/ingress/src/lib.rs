@@ -13,6 +13,7 @@
 //! - [`replies`]: routes reply chunks from `reply.<ingress>.*` to waiting requests.
 //! - [`error`]: the one error type, answered OpenAI-style (or in the unified shape).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`models`]: `GET /v1/models` and `GET /v1/catalog` from the model catalog.
 //!
 //! [`run`] is what the binary runs; tests call [`serve`] with a listener of their own.
 
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod models;
 pub mod openai;
 pub mod replies;
 pub mod routes;
@@ -51,6 +53,8 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("the model catalog is broken: {0}")]
+    Catalog(#[from] schemas::catalog::CatalogError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
     #[error("accounts database (DATABASE_URL): {0}")]
@@ -104,6 +108,7 @@ pub async fn serve(
         seal,
         replies,
         auth,
+        catalog: schemas::catalog::Catalog::embedded()?,
         metrics: metrics::Metrics::default(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),

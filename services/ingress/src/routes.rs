@@ -40,6 +40,7 @@ pub struct AppState {
     pub seal: SealKey,
     pub replies: Replies,
     pub auth: crate::auth::Auth,
+    pub catalog: schemas::catalog::Catalog,
     pub metrics: Metrics,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
@@ -55,6 +56,8 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/models/v2/{*model_id}", post(crate::unified::unified))
+        .route("/v1/models", get(crate::models::list))
+        .route("/v1/catalog", get(crate::models::catalog))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)

@@ -491,3 +491,61 @@ async fn a_caller_who_leaves_cancels_the_worker() {
     );
     message.ack().await.unwrap();
 }
+
+#[tokio::test]
+async fn models_and_catalog_are_listed_for_authenticated_callers() {
+    let h = start(1 << 20, 5).await;
+    let get = |path: &str, auth: bool| {
+        let r = h.http.get(format!("{}{path}", h.base));
+        if auth { r.bearer_auth(API_KEY) } else { r }
+    };
+    assert_eq!(get("/v1/models", false).send().await.unwrap().status(), 401);
+
+    let models: Value = get("/v1/models", true)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["object"], "list");
+    let data = models["data"].as_array().unwrap();
+    let owners: std::collections::BTreeSet<&str> = data
+        .iter()
+        .map(|m| m["owned_by"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        owners,
+        ["anthropic", "google", "openai"].into_iter().collect()
+    );
+    assert!(
+        data.iter()
+            .any(|m| m["id"] == "anthropic/claude-sonnet-4-5" && m["object"] == "model")
+    );
+
+    let chat: Value = get("/v1/catalog?task=chat", true)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chat = chat["models"].as_array().unwrap();
+    assert_eq!(chat.len(), data.len());
+    assert!(
+        chat.iter()
+            .all(|m| m["task"] == "chat" && m["kind"] == "closed")
+    );
+    let embeddings: Value = get("/v1/catalog?task=feature-extraction", true)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(embeddings["models"], json!([]));
+    let (status, body) =
+        error_of(get("/v1/catalog?task=juggling", true).send().await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], "task");
+}

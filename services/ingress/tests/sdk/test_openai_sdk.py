@@ -189,6 +189,13 @@ def test_unknown_model_is_404(client):
     assert err.value.status_code == 404
 
 
+def test_models_list_names_every_provider(client):
+    models = client.models.list()
+    owners = {m.owned_by for m in models.data}
+    assert owners == {"openai", "anthropic", "google"}
+    assert set(MODELS) <= {m.id for m in models.data}
+
+
 def test_metrics_endpoint(sy):
     with urllib.request.urlopen(f"{sy.ingress_url}/metrics", timeout=5) as r:
         assert r.status == 200
