@@ -22,6 +22,9 @@ pub struct ChatRequest {
     /// Whether the caller reads the reply as a stream of chunks.
     #[serde(default)]
     pub stream: bool,
+    /// Models to try, in order, when `model` fails before any byte reached the caller.
+    #[serde(default)]
+    pub fallback_models: Vec<String>,
 }
 
 /// Who wrote a message.

@@ -56,6 +56,24 @@ pub struct SealedRequest {
     /// The caller's own provider key for closed models; used for this request only.
     #[serde(default)]
     pub provider_key: Option<String>,
+    /// Keys for other providers, by provider token (`anthropic`, `google`, …), for the
+    /// request's fallback models; `provider_key` serves the primary model's provider.
+    #[serde(default)]
+    pub provider_keys: std::collections::BTreeMap<String, String>,
+}
+
+impl SealedRequest {
+    /// The caller's key for `provider`, given the primary model's provider.
+    pub fn key_for(&self, provider: &str, primary_provider: &str) -> Option<&str> {
+        self.provider_keys
+            .get(provider)
+            .map(String::as_str)
+            .or_else(|| {
+                (provider == primary_provider)
+                    .then_some(self.provider_key.as_deref())
+                    .flatten()
+            })
+    }
 }
 
 impl std::fmt::Debug for SealedRequest {

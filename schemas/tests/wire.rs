@@ -75,6 +75,7 @@ fn sample_request() -> ChatRequest {
             name: "get_weather".into(),
         }),
         stream: true,
+        fallback_models: vec![],
     }
 }
 
@@ -105,6 +106,7 @@ fn sample_sealed_request() -> SealedRequest {
     SealedRequest {
         request: sample_request(),
         provider_key: Some("sk-fixture".into()),
+        provider_keys: Default::default(),
     }
 }
 

@@ -45,6 +45,9 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<OaiTool>>,
     #[serde(default)]
     pub tool_choice: Option<Value>,
+    /// Fallbacks: tried in order when `model` fails before the first byte.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
     /// Refused: provider endpoints are the operator's (see `base_url_override`).
     #[serde(
         default,
@@ -74,6 +77,27 @@ pub(crate) fn is_base_url_header(name: &str) -> bool {
     .iter()
     .any(|n| name.contains(n))
 }
+
+/// The fallback list from a request's `models`: `model` itself and repeats dropped, at
+/// most [`MAX_FALLBACKS`].
+pub(crate) fn fallbacks(model: &str, models: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::new();
+    for m in models.unwrap_or_default() {
+        if m != model && !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    if out.len() > MAX_FALLBACKS {
+        return Err(
+            invalid(format!("'models' lists at most {MAX_FALLBACKS} fallbacks"))
+                .with_param("models"),
+        );
+    }
+    Ok(out)
+}
+
+/// Fallback models one request may name.
+pub const MAX_FALLBACKS: usize = 4;
 
 /// Checks parameter ranges the way providers document them, so a bad value is our 400
 /// naming the field, not a provider error after a round trip.
@@ -337,6 +361,7 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
     let tools = convert_tools(req.tools.unwrap_or_default())?;
     let tool_choice = req.tool_choice.as_ref().map(tool_choice).transpose()?;
     let stop = stop_list(req.stop);
+    let fallback_models = fallbacks(&model, req.models)?;
     let stream = req.stream.unwrap_or(false);
     Ok(Normalized {
         include_usage: stream
@@ -360,6 +385,7 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
             tools,
             tool_choice,
             stream,
+            fallback_models,
         },
     })
 }

@@ -259,10 +259,10 @@ pub(crate) fn prepare(
     request: schemas::ChatRequest,
     account: String,
 ) -> Result<Prepared, ApiError> {
-    let subject = match subjects::route_model(&request.model)
+    let (subject, primary) = match subjects::route_model(&request.model)
         .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.to_string()).with_param("model"))?
     {
-        ModelRoute::Closed { provider, .. } => subjects::closed_request(provider),
+        ModelRoute::Closed { provider, .. } => (subjects::closed_request(provider), provider),
         ModelRoute::Open { .. } => {
             return Err(ApiError::new(
                 ErrorKind::NotFound,
@@ -300,6 +300,8 @@ pub(crate) fn prepare(
         .filter(|v| schemas::headers::is_traceparent(v))
         .map(str::to_string);
 
+    let provider_keys = fallback_keys(headers, &request.fallback_models, primary)?;
+
     let request_id = Uuid::now_v7();
     let model = request.model.clone();
     let stream = request.stream;
@@ -308,6 +310,7 @@ pub(crate) fn prepare(
     let sealed_plain = schemas::encode(&SealedRequest {
         request,
         provider_key: Some(provider_key),
+        provider_keys,
     })
     .map_err(internal)?;
     let body = state
@@ -336,6 +339,51 @@ pub(crate) fn prepare(
         created_at,
         deadline: TokioInstant::now() + timeout,
     })
+}
+
+/// Checks the fallback models (closed models only) and collects the caller's key for
+/// each provider they need beyond the primary one, from `provider-key-<provider>`.
+fn fallback_keys(
+    headers: &HeaderMap,
+    fallbacks: &[String],
+    primary: subjects::Provider,
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let mut keys = std::collections::BTreeMap::new();
+    for (i, model) in fallbacks.iter().enumerate() {
+        let param = format!("models[{i}]");
+        let provider = match subjects::route_model(model).map_err(|e| {
+            ApiError::new(ErrorKind::InvalidRequest, e.to_string()).with_param(param.clone())
+        })? {
+            ModelRoute::Closed { provider, .. } => provider,
+            ModelRoute::Open { .. } => {
+                return Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "the fallback model '{model}' does not exist: fallbacks are closed models"
+                    ),
+                )
+                .with_param(param));
+            }
+        };
+        if provider == primary || keys.contains_key(provider.as_str()) {
+            continue;
+        }
+        let header = format!("{PROVIDER_KEY_HEADER}-{}", provider.as_str());
+        let key = headers
+            .get(header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Authentication,
+                    format!("the fallback model '{model}' needs your {} key: send it in the {header} header", provider.as_str()),
+                )
+                .with_param(param)
+            })?;
+        keys.insert(provider.as_str().to_string(), key.to_string());
+    }
+    Ok(keys)
 }
 
 /// A published request whose first reply chunk arrived (and was not an error).

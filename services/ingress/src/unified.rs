@@ -104,6 +104,9 @@ pub struct UnifiedRequest {
     pub tool_choice: Option<Value>,
     #[serde(default)]
     pub stream: Option<bool>,
+    /// Fallbacks: tried in order when the path's model fails before the first byte.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
     /// Refused: provider endpoints are the operator's.
     #[serde(
         default,
@@ -180,6 +183,7 @@ pub fn normalize(model_id: String, req: UnifiedRequest) -> Result<ChatRequest, A
         (None, Some(text)) => vec![Message::text(Role::User, text)],
     };
     let params = req.params.unwrap_or_default();
+    let fallback_models = openai::fallbacks(&model_id, req.models)?;
     Ok(ChatRequest {
         model: model_id,
         messages,
@@ -200,6 +204,7 @@ pub fn normalize(model_id: String, req: UnifiedRequest) -> Result<ChatRequest, A
             .map(openai::tool_choice)
             .transpose()?,
         stream: req.stream.unwrap_or(false),
+        fallback_models,
     })
 }
 

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub requests: Family<OutcomeLabels, Counter>,
     /// Time from pulling a request to the provider's first byte.
     pub upstream_first_byte: Family<ProviderLabels, Histogram, fn() -> Histogram>,
+    /// Fallback models tried, by the provider of the fallback.
+    pub fallbacks: Family<ProviderLabels, Counter>,
     /// Provider calls tried again, by provider.
     pub retries: Family<ProviderLabels, Counter>,
     /// Messages terminated and dead-lettered, by reason.
@@ -51,6 +53,12 @@ impl Default for Metrics {
             );
         let dead_letters = Family::<ReasonLabels, Counter>::default();
         let retries = Family::<ProviderLabels, Counter>::default();
+        let fallbacks = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "fallbacks",
+            "Fallback models tried after the previous one failed before the first byte",
+            fallbacks.clone(),
+        );
         registry.register(
             "retries",
             "Provider calls tried again before the first byte reached the caller",
@@ -82,6 +90,7 @@ impl Default for Metrics {
             requests,
             upstream_first_byte,
             retries,
+            fallbacks,
             dead_letters,
             expired,
         }

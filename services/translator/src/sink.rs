@@ -40,6 +40,11 @@ impl ChunkSink {
         }
     }
 
+    /// The provider answering (a fallback may take over before the first chunk).
+    pub fn set_provider(&mut self, provider: &'static str) {
+        self.provider = provider;
+    }
+
     /// Parameters the provider call leaves out; reported on the first chunk.
     pub fn set_dropped_params(&mut self, params: Vec<String>) {
         self.dropped_params = params;

@@ -270,52 +270,66 @@ async fn run(
     upstream_model: &str,
     sink: &mut ChunkSink,
 ) -> Result<(), Failure> {
-    let Some(key) = sealed.provider_key.as_deref() else {
-        return Err(Failure::Reply(ErrorBody::new(
-            ErrorKind::Authentication,
-            "missing provider key",
-        )));
-    };
+    // The model, then its fallbacks: each is tried (with retries) only while nothing
+    // has reached the caller.
+    let mut chain = vec![(provider, upstream_model.to_string())];
+    for model in &sealed.request.fallback_models {
+        match subjects::route_model(model) {
+            Ok(ModelRoute::Closed {
+                provider,
+                upstream_model,
+            }) => chain.push((provider, upstream_model)),
+            _ => {
+                return Err(Failure::Reply(ErrorBody::new(
+                    ErrorKind::InvalidRequest,
+                    format!("the fallback '{model}' is not a closed-model id"),
+                )));
+            }
+        }
+    }
     let cancel = worker.cancels.watch(envelope.request_id);
     let remaining = (envelope.deadline - Utc::now())
         .to_std()
         .unwrap_or_default();
     let metrics = &worker.metrics;
-    let labels = ProviderLabels {
-        provider: provider.as_str().to_string(),
-    };
-    // Retried only while nothing has reached the caller (see `retry`).
     let call = async {
-        let mut retries = Retries::new(worker.retry);
-        loop {
-            let attempt_started = Instant::now();
-            let result = worker
-                .providers
-                .chat(provider, &sealed.request, upstream_model, key, sink, || {
-                    metrics
-                        .upstream_first_byte
-                        .get_or_create(&labels)
-                        .observe(attempt_started.elapsed().as_secs_f64());
-                })
-                .await;
-            match result {
-                Err(Failure::Reply(error)) if !sink.started() => match retries.next_delay(&error) {
-                    Some(delay) => {
-                        tracing::info!(
-                            kind = error.kind.as_str(),
-                            provider_status = ?error.provider_status,
-                            attempt = retries.attempts(),
-                            delay_ms = delay.as_millis() as u64,
-                            "retrying the provider call"
-                        );
-                        metrics.retries.get_or_create(&labels).inc();
-                        tokio::time::sleep(delay).await;
-                    }
-                    None => break Err(Failure::Reply(error)),
-                },
-                other => break other,
+        let mut outcome = Ok(());
+        for (i, (provider, upstream_model)) in chain.iter().enumerate() {
+            let Some(key) = sealed.key_for(provider.as_str(), chain[0].0.as_str()) else {
+                outcome = Err(Failure::Reply(ErrorBody::new(
+                    ErrorKind::Authentication,
+                    format!("missing the provider key for {}", provider.as_str()),
+                )));
+                continue;
+            };
+            if i > 0 {
+                tracing::info!(
+                    provider = provider.as_str(),
+                    "falling back to the next model"
+                );
+                metrics
+                    .fallbacks
+                    .get_or_create(&ProviderLabels {
+                        provider: provider.as_str().to_string(),
+                    })
+                    .inc();
+            }
+            sink.set_provider(provider.as_str());
+            outcome = call_with_retries(
+                worker,
+                *provider,
+                upstream_model,
+                key,
+                &sealed.request,
+                sink,
+            )
+            .await;
+            match &outcome {
+                Err(Failure::Reply(_)) if !sink.started() => continue,
+                _ => break,
             }
         }
+        outcome
     };
     tokio::pin!(call);
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
@@ -339,6 +353,51 @@ async fn run(
     };
     drop(cancel);
     result
+}
+
+/// One provider call, retried (see `retry`) while nothing has reached the caller.
+async fn call_with_retries(
+    worker: &Worker,
+    provider: Provider,
+    upstream_model: &str,
+    key: &str,
+    request: &schemas::ChatRequest,
+    sink: &mut ChunkSink,
+) -> Result<(), Failure> {
+    let metrics = &worker.metrics;
+    let labels = ProviderLabels {
+        provider: provider.as_str().to_string(),
+    };
+    let mut retries = Retries::new(worker.retry);
+    loop {
+        let attempt_started = Instant::now();
+        let result = worker
+            .providers
+            .chat(provider, request, upstream_model, key, sink, || {
+                metrics
+                    .upstream_first_byte
+                    .get_or_create(&labels)
+                    .observe(attempt_started.elapsed().as_secs_f64());
+            })
+            .await;
+        match result {
+            Err(Failure::Reply(error)) if !sink.started() => match retries.next_delay(&error) {
+                Some(delay) => {
+                    tracing::info!(
+                        kind = error.kind.as_str(),
+                        provider_status = ?error.provider_status,
+                        attempt = retries.attempts(),
+                        delay_ms = delay.as_millis() as u64,
+                        "retrying the provider call"
+                    );
+                    metrics.retries.get_or_create(&labels).inc();
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(Failure::Reply(error)),
+            },
+            other => return other,
+        }
+    }
 }
 
 /// The translator's durable consumer, which `switchyard-nats apply` creates.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use schemas::{ErrorKind, FinishReason, ReplyChunk};
+use schemas::{ErrorKind, FinishReason, ReplyChunk, SealedRequest};
 use switchyard_loadtest::mock::openai::MockConfig;
 
 const PROVIDER_KEY: &str = "sk-mock-good";
@@ -308,5 +308,43 @@ async fn failures_before_the_first_byte_are_retried() {
     assert_eq!(
         chunks.last().unwrap().error.as_ref().unwrap().kind,
         ErrorKind::Unavailable
+    );
+}
+
+#[tokio::test]
+async fn a_fallback_model_answers_when_the_first_fails_before_the_first_byte() {
+    let h = start(MockConfig::default()).await;
+    let mut request = request("openai/mock-error-503", "fall back please", true);
+    request.fallback_models = vec!["anthropic/claude-sonnet-4-5".into()];
+    let chunks = h
+        .call_sealed(
+            SealedRequest {
+                request,
+                provider_key: Some(PROVIDER_KEY.into()),
+                provider_keys: [("anthropic".to_string(), PROVIDER_KEY.to_string())].into(),
+            },
+            chrono::Duration::seconds(30),
+        )
+        .await;
+    assert!(
+        chunks.last().unwrap().error.is_none(),
+        "{:?}",
+        chunks.last().unwrap().error
+    );
+    assert_eq!(chunks[0].provider.as_deref(), Some("anthropic"));
+    assert_eq!(chunks[0].model.as_deref(), Some("claude-sonnet-4-5"));
+    assert_eq!(content(&chunks), "echo: fall back please");
+
+    let metrics = reqwest::get(format!("{}/metrics", h.health_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "translator_fallbacks_total{provider=\"anthropic\"} 1"),
+        "{metrics}"
     );
 }

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import openai
+from openai import OpenAI
 import pytest
 
 from conftest import make_client
@@ -187,6 +188,27 @@ def test_unknown_model_is_404(client):
     with pytest.raises(openai.NotFoundError) as err:
         client.chat.completions.create(model="nosuch/model", messages=conversation("hi"))
     assert err.value.status_code == 404
+
+
+def test_fallback_model_serves_when_the_first_fails(sy, canary):
+    client = OpenAI(base_url=sy.api_base, api_key=sy.dev_api_key, max_retries=0, timeout=30,
+                    default_headers={"provider-key": canary, "provider-key-anthropic": canary})
+    raw = client.chat.completions.with_raw_response.create(
+        model="openai/mock-error-503", messages=conversation("plan b"),
+        extra_body={"models": ["anthropic/claude-sonnet-4-5"]},
+    )
+    assert raw.headers["x-switchyard-provider"] == "anthropic"
+    assert raw.headers["x-switchyard-served-model"] == "claude-sonnet-4-5"
+    assert raw.parse().choices[0].message.content == "echo: plan b"
+
+
+def test_fallback_without_its_provider_key_is_refused(client):
+    with pytest.raises(openai.AuthenticationError) as err:
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=conversation("hi"),
+            extra_body={"models": ["google/gemini-2.5-flash"]},
+        )
+    assert "provider-key-google" in err.value.message
 
 
 def test_models_list_names_every_provider(client):

@@ -619,6 +619,7 @@ mod tests {
             tools: vec![],
             tool_choice: None,
             stream: false,
+            fallback_models: vec![],
         }
     }
 

@@ -650,6 +650,7 @@ mod tests {
             tools: vec![],
             tool_choice: None,
             stream: false,
+            fallback_models: vec![],
         }
     }
 

@@ -469,6 +469,7 @@ mod tests {
             }],
             tool_choice: Some(ToolChoice::Required),
             stream: true,
+            fallback_models: vec![],
         };
         let body = request_body(&request, "gpt-4o-mini");
         assert_eq!(body["model"], "gpt-4o-mini");

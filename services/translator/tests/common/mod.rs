@@ -99,6 +99,7 @@ pub fn request(model: &str, text: &str, stream: bool) -> ChatRequest {
         tools: vec![],
         tool_choice: None,
         stream,
+        fallback_models: vec![],
     }
 }
 
@@ -110,6 +111,24 @@ impl Harness {
         key: &str,
         deadline_in: chrono::Duration,
     ) -> (Uuid, async_nats::Subscriber) {
+        self.publish_sealed(
+            SealedRequest {
+                request,
+                provider_key: Some(key.into()),
+                provider_keys: Default::default(),
+            },
+            deadline_in,
+        )
+        .await
+    }
+
+    /// Like [`Harness::publish`], with the whole secret part given.
+    pub async fn publish_sealed(
+        &self,
+        sealed: SealedRequest,
+        deadline_in: chrono::Duration,
+    ) -> (Uuid, async_nats::Subscriber) {
+        let request = sealed.request.clone();
         let subject = match schemas::subjects::route_model(&request.model).unwrap() {
             schemas::subjects::ModelRoute::Closed { provider, .. } => {
                 schemas::subjects::closed_request(provider)
@@ -119,11 +138,7 @@ impl Harness {
         let id = Uuid::now_v7();
         let reply = format!("reply.test.{}", id.simple());
         let sub = self.client.subscribe(reply.clone()).await.unwrap();
-        let plain = schemas::encode(&SealedRequest {
-            request: request.clone(),
-            provider_key: Some(key.into()),
-        })
-        .unwrap();
+        let plain = schemas::encode(&sealed).unwrap();
         let envelope = RequestEnvelope {
             schema_version: 1,
             request_id: id,
@@ -155,7 +170,22 @@ impl Harness {
         key: &str,
         deadline_in: chrono::Duration,
     ) -> Vec<ReplyChunk> {
-        let (id, mut sub) = self.publish(request, key, deadline_in).await;
+        let published = self.publish(request, key, deadline_in).await;
+        Self::collect(published).await
+    }
+
+    /// Like [`Harness::call`], with the whole secret part given.
+    pub async fn call_sealed(
+        &self,
+        sealed: SealedRequest,
+        deadline_in: chrono::Duration,
+    ) -> Vec<ReplyChunk> {
+        let published = self.publish_sealed(sealed, deadline_in).await;
+        Self::collect(published).await
+    }
+
+    /// The reply chunks up to the last, checked for order.
+    async fn collect((id, mut sub): (Uuid, async_nats::Subscriber)) -> Vec<ReplyChunk> {
         let mut chunks = Vec::new();
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(20), sub.next())
