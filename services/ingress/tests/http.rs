@@ -11,74 +11,23 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use schemas::{
-    Delta, ErrorBody, ErrorKind, FinishReason, ReplyChunk, RequestEnvelope, Role, SealKey,
-    SealedRequest, Usage,
-};
+use schemas::{Delta, ErrorBody, ErrorKind, FinishReason, ReplyChunk, Role, Usage};
 use serde_json::{Value, json};
-use switchyard_ingress::Config;
-use switchyard_nats::testing::NatsServer;
-use tokio_util::sync::CancellationToken;
 
-const API_KEY: &str = "sy-test-key";
+mod common;
+
+use common::{API_KEY, Harness, Options};
+
 const PROVIDER_KEY: &str = "sk-provider-canary-7f3a";
 
-struct Harness {
-    _nats: NatsServer,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    seal: SealKey,
-    base: String,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 async fn start(max_body_bytes: usize, timeout_secs: u64) -> Harness {
-    let nats = NatsServer::start().unwrap();
-    let client = nats.connect_and_apply().await.unwrap();
-    let seal_text = SealKey::generate_base64();
-    let config = Config {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        nats_url: nats.url().to_string(),
-        dev_api_key: API_KEY.into(),
-        seal: schemas::SealKeyArgs::inline(seal_text.clone()),
+    common::start(Options {
         max_body_bytes,
-        request_timeout_secs: timeout_secs,
-        publish_timeout_ms: 5000,
-        ingress_id: Some("test1".into()),
-        auth: Default::default(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(switchyard_ingress::serve(
-        listener,
-        config,
-        shutdown.clone(),
-    ));
-    // The listener is bound already: connections wait in its backlog until the
-    // server, once connected to NATS, accepts them.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    Harness {
-        js: jetstream::new(client.clone()),
-        client,
-        seal: SealKey::from_base64("default", &seal_text).unwrap(),
-        _nats: nats,
-        base,
-        http,
-        shutdown,
-    }
+        timeout_secs,
+        ..Options::default()
+    })
+    .await
 }
 
 impl Harness {
@@ -89,47 +38,6 @@ impl Harness {
             .header("provider-key", PROVIDER_KEY)
             .header("content-type", "application/json")
             .body(body)
-    }
-
-    async fn translator_consumer(&self) -> PullConsumer {
-        self.js
-            .get_stream("REQUESTS")
-            .await
-            .unwrap()
-            .get_consumer("translator")
-            .await
-            .unwrap()
-    }
-
-    /// Takes the next request off the translator's consumer, as a worker would.
-    async fn take_request(&self) -> (jetstream::Message, RequestEnvelope, SealedRequest) {
-        let consumer = self.translator_consumer().await;
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1)
-            .expires(Duration::from_secs(10))
-            .messages()
-            .await
-            .unwrap();
-        let message = batch
-            .next()
-            .await
-            .expect("a request was published")
-            .unwrap();
-        let envelope: RequestEnvelope = schemas::decode(&message.payload).unwrap();
-        let plain = self.seal.open(envelope.request_id, &envelope.body).unwrap();
-        let sealed: SealedRequest = schemas::decode(&plain).unwrap();
-        (message, envelope, sealed)
-    }
-
-    async fn reply(&self, envelope: &RequestEnvelope, chunk: &ReplyChunk) {
-        self.client
-            .publish(
-                envelope.reply.subject().to_string(),
-                schemas::encode(chunk).unwrap().into(),
-            )
-            .await
-            .unwrap();
     }
 }
 

@@ -14,64 +14,22 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use schemas::{Delta, FinishReason, ReplyChunk, RequestEnvelope, Role};
 use serde_json::{Value, json};
-use switchyard_ingress::Config;
 use switchyard_ingress::config::AuthArgs;
-use switchyard_nats::testing::NatsServer;
 use switchyard_store::keys;
 use switchyard_store::testing::TestDb;
-use tokio_util::sync::CancellationToken;
 
-const DEV_KEY: &str = "sy-test-dev-key";
+mod common;
+
+use common::{API_KEY, Harness, Options};
+
 const PROVIDER_KEY: &str = "sk-provider-canary-keys";
 
-struct Harness {
-    _nats: NatsServer,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    base: String,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 async fn start(auth: AuthArgs) -> Harness {
-    let nats = NatsServer::start().unwrap();
-    let client = nats.connect_and_apply().await.unwrap();
-    let config = Config {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        nats_url: nats.url().to_string(),
-        dev_api_key: DEV_KEY.into(),
-        seal: schemas::SealKeyArgs::inline(schemas::SealKey::generate_base64()),
-        max_body_bytes: 1 << 20,
-        request_timeout_secs: 10,
-        publish_timeout_ms: 5000,
-        ingress_id: Some("keys1".into()),
+    common::start(Options {
         auth,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(switchyard_ingress::serve(
-        listener,
-        config,
-        shutdown.clone(),
-    ));
-    Harness {
-        js: jetstream::new(client.clone()),
-        client,
-        _nats: nats,
-        base,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-        shutdown,
-    }
+        ..Options::default()
+    })
+    .await
 }
 
 fn with_db(db: &TestDb) -> AuthArgs {
@@ -178,7 +136,7 @@ async fn account_keys_authenticate_and_revoked_ones_do_not() {
     assert_eq!(h.call_ok(&format!("Bearer {}", key.expose())).await, "acme");
     assert_eq!(h.call_ok(&format!("Key {}", key.expose())).await, "acme");
     // The dev key still works, as account `dev`.
-    assert_eq!(h.call_ok(&format!("Bearer {DEV_KEY}")).await, "dev");
+    assert_eq!(h.call_ok(&format!("Bearer {API_KEY}")).await, "dev");
 
     // Right prefix, wrong secret.
     let mut forged = key.expose().to_string();
@@ -249,7 +207,7 @@ async fn postgres_down_is_503_not_401() {
     );
     // Not one of ours at all: still a plain 401, and the dev key still works.
     assert_eq!(h.call_err("Bearer nonsense").await.0, 401);
-    assert_eq!(h.call_ok(&format!("Bearer {DEV_KEY}")).await, "dev");
+    assert_eq!(h.call_ok(&format!("Bearer {API_KEY}")).await, "dev");
 }
 
 #[tokio::test]

@@ -12,72 +12,25 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use schemas::{
-    Delta, ErrorBody, ErrorKind, FinishReason, Message, ReplyChunk, RequestEnvelope, Role, SealKey,
-    SealedRequest, ToolCallDelta, Usage,
+    Delta, ErrorBody, ErrorKind, FinishReason, Message, ReplyChunk, RequestEnvelope, Role,
+    ToolCallDelta, Usage,
 };
 use serde_json::{Value, json};
-use switchyard_ingress::Config;
-use switchyard_nats::testing::NatsServer;
-use tokio_util::sync::CancellationToken;
 
-const API_KEY: &str = "sy-test-key";
+mod common;
+
+use common::{API_KEY, Harness, Options};
+
 const PROVIDER_KEY: &str = "sk-provider-canary-5b1e";
 
-struct Harness {
-    _nats: NatsServer,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    seal: SealKey,
-    base: String,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 async fn start(timeout_secs: u64) -> Harness {
-    let nats = NatsServer::start().unwrap();
-    let client = nats.connect_and_apply().await.unwrap();
-    let seal_text = SealKey::generate_base64();
-    let config = Config {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        nats_url: nats.url().to_string(),
-        dev_api_key: API_KEY.into(),
-        seal: schemas::SealKeyArgs::inline(seal_text.clone()),
-        max_body_bytes: 1 << 20,
-        request_timeout_secs: timeout_secs,
-        publish_timeout_ms: 5000,
-        ingress_id: Some("unified1".into()),
-        auth: Default::default(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(switchyard_ingress::serve(
-        listener,
-        config,
-        shutdown.clone(),
-    ));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    Harness {
-        js: jetstream::new(client.clone()),
-        client,
-        seal: SealKey::from_base64("default", &seal_text).unwrap(),
-        _nats: nats,
-        base,
-        http,
-        shutdown,
-    }
+    common::start(Options {
+        timeout_secs,
+        ..Options::default()
+    })
+    .await
 }
 
 impl Harness {
@@ -88,47 +41,6 @@ impl Harness {
             .bearer_auth(API_KEY)
             .header("provider-key", PROVIDER_KEY)
             .json(body)
-    }
-
-    async fn translator_consumer(&self) -> PullConsumer {
-        self.js
-            .get_stream("REQUESTS")
-            .await
-            .unwrap()
-            .get_consumer("translator")
-            .await
-            .unwrap()
-    }
-
-    /// Takes the next request off the translator's consumer, as a worker would.
-    async fn take_request(&self) -> (jetstream::Message, RequestEnvelope, SealedRequest) {
-        let consumer = self.translator_consumer().await;
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1)
-            .expires(Duration::from_secs(10))
-            .messages()
-            .await
-            .unwrap();
-        let message = batch
-            .next()
-            .await
-            .expect("a request was published")
-            .unwrap();
-        let envelope: RequestEnvelope = schemas::decode(&message.payload).unwrap();
-        let plain = self.seal.open(envelope.request_id, &envelope.body).unwrap();
-        let sealed: SealedRequest = schemas::decode(&plain).unwrap();
-        (message, envelope, sealed)
-    }
-
-    async fn reply(&self, envelope: &RequestEnvelope, chunk: &ReplyChunk) {
-        self.client
-            .publish(
-                envelope.reply.subject().to_string(),
-                schemas::encode(chunk).unwrap().into(),
-            )
-            .await
-            .unwrap();
     }
 
     /// Replies `texts` as content chunks, then a last chunk with `finish` and `usage`.
