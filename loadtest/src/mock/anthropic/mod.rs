@@ -83,7 +83,7 @@ fn behaviour(model: &str) -> Behaviour {
     }
     match shared::magic(model) {
         // Flaky models are only for the OpenAI mock's retry tests.
-        Magic::None | Magic::Flaky(_) => Behaviour::Normal,
+        Magic::None | Magic::Flaky(_) | Magic::Slow => Behaviour::Normal,
         Magic::Error(status) => Behaviour::Error(status),
         Magic::BadError => Behaviour::BadError,
         Magic::Truncated => Behaviour::Truncated,

@@ -170,7 +170,7 @@ async fn generate(
             );
         }
         // Flaky models are only for the OpenAI mock's retry tests.
-        Magic::None | Magic::Flaky(_) => Ending::Finish,
+        Magic::None | Magic::Flaky(_) | Magic::Slow => Ending::Finish,
         Magic::Truncated => Ending::Abort,
         Magic::TruncatedClean => Ending::Clean,
     };

@@ -81,6 +81,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Requests seen with a `mock-flaky-*` model.
     flaky: AtomicU64,
+    /// Streams the client stopped reading before their end (`GET /mock/stats`).
+    dropped_streams: Arc<AtomicU64>,
 }
 
 /// The OpenAI routes (no fallback: [`super::router`] adds one for every provider).
@@ -92,9 +94,11 @@ pub fn router(config: MockConfig) -> Router {
         },
         next_id: AtomicU64::new(1),
         flaky: AtomicU64::new(0),
+        dropped_streams: Arc::default(),
     });
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/mock/stats", axum::routing::get(stats))
         .with_state(shared)
 }
 
@@ -117,6 +121,15 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// What the mock observed: `{"dropped_streams": n}`, streams whose client stopped
+/// reading before the end (a cancelled upstream call closes its connection).
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(serde_json::json!({
+        "dropped_streams": shared.dropped_streams.load(Ordering::Relaxed),
+    }))
+    .into_response()
 }
 
 pub(crate) async fn not_found(method: Method, uri: Uri) -> Response {
@@ -186,7 +199,7 @@ async fn chat_completions(
                 );
             }
         }
-        Magic::None | Magic::Truncated | Magic::TruncatedClean => {}
+        Magic::None | Magic::Truncated | Magic::TruncatedClean | Magic::Slow => {}
     }
 
     let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -208,7 +221,26 @@ async fn chat_completions(
             Magic::TruncatedClean => stream::Ending::Clean,
             _ => stream::Ending::Done,
         };
-        let body = stream::body(config, &meta, &request.model, &reply, include_usage, ending);
+        let slow;
+        let config = if magic == Magic::Slow {
+            slow = MockConfig {
+                chunks: 50,
+                chunk_delay: Duration::from_millis(100),
+                ..config.clone()
+            };
+            &slow
+        } else {
+            config
+        };
+        let body = stream::body(
+            config,
+            &meta,
+            &request.model,
+            &reply,
+            include_usage,
+            ending,
+            shared.dropped_streams.clone(),
+        );
         return (
             [
                 (

@@ -26,6 +26,8 @@ pub(crate) enum Magic {
     Truncated,
     /// `mock-truncated-clean`: two content chunks, then a clean end without `[DONE]`.
     TruncatedClean,
+    /// `mock-slow`: a streamed answer of 50 chunks, 100 ms apart (for callers who leave).
+    Slow,
     /// `mock-flaky-<status>`: every other request of this model (the 1st, 3rd, …) fails
     /// with the status, the others answer normally — for retry tests.
     Flaky(u16),
@@ -52,6 +54,7 @@ pub(crate) fn magic(model: &str) -> Magic {
     match model {
         "mock-truncated" => Magic::Truncated,
         "mock-truncated-clean" => Magic::TruncatedClean,
+        "mock-slow" => Magic::Slow,
         _ => Magic::None,
     }
 }

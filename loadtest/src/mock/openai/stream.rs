@@ -5,6 +5,8 @@
 //! write.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -82,6 +84,20 @@ impl Frames<'_> {
     }
 }
 
+/// Counts, on drop, a stream the client stopped reading before its end.
+struct DropWatch {
+    dropped: Arc<AtomicU64>,
+    finished: bool,
+}
+
+impl Drop for DropWatch {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 pub(crate) fn body(
     config: &MockConfig,
     meta: &Meta,
@@ -89,6 +105,7 @@ pub(crate) fn body(
     reply: &Reply,
     include_usage: bool,
     ending: Ending,
+    dropped: Arc<AtomicU64>,
 ) -> Body {
     let mut frames = Frames {
         frames: Vec::new(),
@@ -178,20 +195,26 @@ pub(crate) fn body(
         .map(|(delay, bytes)| (delay, Bytes::from(bytes)))
         .collect();
     let abort = ending == Ending::Abort;
+    let watch = DropWatch {
+        dropped,
+        finished: false,
+    };
     let stream = futures::stream::unfold(
-        (frames.into_iter(), abort),
-        |(mut frames, abort)| async move {
+        (frames.into_iter(), abort, watch),
+        |(mut frames, abort, mut watch)| async move {
             if let Some((delay, bytes)) = frames.next() {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                return Some((Ok(bytes), (frames, abort)));
+                return Some((Ok(bytes), (frames, abort, watch)));
             }
+            // Every frame was taken: the mock ended the stream, not the client.
+            watch.finished = true;
             if abort {
                 // Pause once so the server flushes what it has before the cut.
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 let err = io::Error::new(io::ErrorKind::ConnectionAborted, "mock-truncated");
-                return Some((Err(err), (frames, false)));
+                return Some((Err(err), (frames, false, watch)));
             }
             None
         },

@@ -211,6 +211,29 @@ def test_fallback_without_its_provider_key_is_refused(client):
     assert "provider-key-google" in err.value.message
 
 
+def _mock_stats(sy) -> dict:
+    root = sy.mock_url[: -len("/v1")]
+    with urllib.request.urlopen(f"{root}/mock/stats", timeout=5) as r:
+        return json.load(r)
+
+
+def test_a_caller_who_leaves_mid_stream_closes_the_upstream_call(sy, client):
+    # mock-slow streams 50 chunks 100 ms apart; the caller reads one and hangs up. The
+    # ingress publishes cancel.<request>, the translator drops the provider call, and the
+    # mock sees its stream abandoned long before the 5 s it would take to finish.
+    before = _mock_stats(sy)["dropped_streams"]
+    stream = client.chat.completions.create(
+        model="openai/mock-slow", messages=conversation("take your time"), stream=True)
+    first = next(iter(stream))
+    assert first.choices[0].delta.role == "assistant"
+    stream.close()
+    deadline = time.monotonic() + 4
+    while _mock_stats(sy)["dropped_streams"] == before:
+        assert time.monotonic() < deadline, "the upstream stream was never closed"
+        time.sleep(0.05)
+    assert _mock_stats(sy)["dropped_streams"] == before + 1
+
+
 def test_models_list_names_every_provider(client):
     models = client.models.list()
     owners = {m.owned_by for m in models.data}
