@@ -57,15 +57,20 @@ pub struct Message {
 }
 
 impl Message {
-    /// A message holding a single text part.
-    pub fn text(role: Role, text: impl Into<String>) -> Self {
+    /// A message of `role` with these content parts (no name, tool calls or call id).
+    pub fn with_parts(role: Role, content: Vec<ContentPart>) -> Self {
         Self {
             role,
-            content: vec![ContentPart::Text { text: text.into() }],
+            content,
             name: None,
             tool_calls: Vec::new(),
             tool_call_id: None,
         }
+    }
+
+    /// A message holding a single text part.
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Self::with_parts(role, vec![ContentPart::Text { text: text.into() }])
     }
 
     /// The text parts joined with newlines (images skipped).

@@ -633,13 +633,7 @@ mod tests {
     use schemas::{Params, Tool, ToolCall};
 
     fn message(role: Role, content: Vec<ContentPart>) -> Message {
-        Message {
-            role,
-            content,
-            name: None,
-            tool_calls: vec![],
-            tool_call_id: None,
-        }
+        Message::with_parts(role, content)
     }
 
     fn chat(messages: Vec<Message>) -> ChatRequest {
