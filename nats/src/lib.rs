@@ -218,6 +218,48 @@ pub struct Applied {
     pub kv: Vec<String>,
 }
 
+/// The durable consumer name of an open model's requests, from its subject token.
+pub fn open_model_consumer_name(token: &str) -> String {
+    format!("open-{token}")
+}
+
+/// Creates (or updates) the durable consumer every instance of one open model pulls
+/// from, from `templates/open-model-consumer.json` with `{token}` filled in. Open
+/// models come and go with the catalog, so their consumers are made on demand (by
+/// the model's instances, and by whatever watches their queue) rather than listed
+/// under `consumers/`. `token` is the model's subject token (`schemas::subjects::model_token`).
+pub async fn ensure_open_model_consumer(
+    js: &jetstream::Context,
+    token: &str,
+) -> Result<jetstream::consumer::PullConsumer, Error> {
+    const TEMPLATE: &str = include_str!("../templates/open-model-consumer.json");
+    let name = open_model_consumer_name(token);
+    let fail = |message: String| Error::Consumer {
+        stream: "REQUESTS".into(),
+        name: name.clone(),
+        message,
+    };
+    if token.is_empty() || token.contains(['.', '*', '>', ' ']) {
+        return Err(fail(format!("'{token}' is not a subject token")));
+    }
+    let config: jetstream::consumer::pull::Config =
+        serde_json::from_str(&TEMPLATE.replace("{token}", token)).map_err(|source| {
+            Error::Parse {
+                path: "templates/open-model-consumer.json".into(),
+                source,
+            }
+        })?;
+    let stream = js.get_stream("REQUESTS").await.map_err(|e| {
+        fail(format!(
+            "stream REQUESTS not found ({e}); run `switchyard-nats apply` first"
+        ))
+    })?;
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| fail(e.to_string()))
+}
+
 /// Creates or updates every stream, then every consumer, then every KV bucket.
 /// Running it again with the same definitions changes nothing.
 pub async fn apply(js: &jetstream::Context, defs: &Definitions) -> Result<Applied, Error> {

@@ -19,6 +19,8 @@ pub enum Task {
     FeatureExtraction,
     /// Zero-shot or fine-tuned text classification.
     TextClassification,
+    /// Scores caller-given labels for a text, with no label-specific training.
+    ZeroShotClassification,
 }
 
 impl Task {
@@ -27,6 +29,7 @@ impl Task {
             Task::Chat => "chat",
             Task::FeatureExtraction => "feature-extraction",
             Task::TextClassification => "text-classification",
+            Task::ZeroShotClassification => "zero-shot-classification",
         }
     }
 
@@ -36,6 +39,7 @@ impl Task {
             Task::Chat,
             Task::FeatureExtraction,
             Task::TextClassification,
+            Task::ZeroShotClassification,
         ]
         .into_iter()
         .find(|t| t.as_str() == name)
@@ -53,9 +57,73 @@ pub struct CatalogModel {
     /// Tokens of context the model takes, when known.
     #[serde(default)]
     pub context_window: Option<u64>,
+    /// Tasks the model serves besides `task`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_tasks: Vec<Task>,
+    /// How our own workers run it: set for open models, absent for closed ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<OpenModel>,
+}
+
+/// How an open model runs on our inference workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenModel {
+    pub engine: Engine,
+    /// Its directory under the models directory (`SWITCHYARD_MODELS_DIR`).
+    pub dir: String,
+    /// The ONNX graph, in `dir`.
+    pub model_file: String,
+    /// The `tokenizers` JSON, in `dir`.
+    pub tokenizer_file: String,
+    /// Generation settings (special tokens, chat template), in `dir`; decoders only.
+    #[serde(default)]
+    pub generation_file: Option<String>,
+    /// What an instance runs on, and is billed as (`cpu`, `gpu-a100-40gb`, …).
+    pub instance_type: String,
+    /// Most sequences run in one batch.
+    pub max_batch: usize,
+    /// Longest a request waits for others to join its batch.
+    pub max_delay_ms: u64,
+    /// Inputs are truncated to this many tokens.
+    pub max_input_tokens: usize,
+    /// Defaults for parameters the request leaves out.
+    #[serde(default)]
+    pub defaults: OpenDefaults,
+    /// Where the weights come from (a package) and their licence.
+    pub source: String,
+}
+
+/// The kind of graph an open model is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// A sentence encoder: embeddings, and zero-shot classification by similarity.
+    Encoder,
+    /// A decoder-only language model with a KV cache: chat and text generation.
+    Decoder,
+}
+
+/// Default generation parameters of an open model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenDefaults {
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub top_k: Option<u32>,
 }
 
 impl CatalogModel {
+    /// Whether the model serves `task`.
+    pub fn serves(&self, task: Task) -> bool {
+        self.task == task || self.other_tasks.contains(&task)
+    }
+
     /// `openai`, `anthropic`, `google` for closed models; `switchyard` for our own.
     pub fn owner(&self) -> &'static str {
         match route_model(&self.id) {
@@ -81,6 +149,8 @@ pub enum CatalogError {
     BadId(String, crate::subjects::ModelIdError),
     #[error("catalog lists {0:?} twice")]
     Duplicate(String),
+    #[error("catalog entry {0:?}: {1}")]
+    Open(String, &'static str),
 }
 
 impl Catalog {
@@ -94,7 +164,37 @@ impl Catalog {
         let catalog: Catalog = serde_json::from_str(text)?;
         let mut seen = std::collections::HashSet::new();
         for m in &catalog.models {
-            route_model(&m.id).map_err(|e| CatalogError::BadId(m.id.clone(), e))?;
+            let route = route_model(&m.id).map_err(|e| CatalogError::BadId(m.id.clone(), e))?;
+            let closed = matches!(route, ModelRoute::Closed { .. });
+            match (&m.open, closed) {
+                (Some(_), true) => {
+                    return Err(CatalogError::Open(
+                        m.id.clone(),
+                        "a closed-model id cannot have an `open` section",
+                    ));
+                }
+                (None, false) => {
+                    return Err(CatalogError::Open(
+                        m.id.clone(),
+                        "an open model needs an `open` section",
+                    ));
+                }
+                (Some(open), false) => {
+                    if open.engine == Engine::Decoder && open.generation_file.is_none() {
+                        return Err(CatalogError::Open(
+                            m.id.clone(),
+                            "a decoder needs a `generation_file`",
+                        ));
+                    }
+                    if open.max_batch == 0 || open.max_input_tokens == 0 {
+                        return Err(CatalogError::Open(
+                            m.id.clone(),
+                            "max_batch and max_input_tokens must be at least 1",
+                        ));
+                    }
+                }
+                (None, true) => {}
+            }
             if !seen.insert(m.id.as_str()) {
                 return Err(CatalogError::Duplicate(m.id.clone()));
             }
@@ -102,11 +202,16 @@ impl Catalog {
         Ok(catalog)
     }
 
-    /// The models of `task`, or all.
+    /// The models serving `task`, or all.
     pub fn filtered(&self, task: Option<Task>) -> impl Iterator<Item = &CatalogModel> {
         self.models
             .iter()
-            .filter(move |m| task.is_none_or(|t| m.task == t))
+            .filter(move |m| task.is_none_or(|t| m.serves(t)))
+    }
+
+    /// The entry for `id`.
+    pub fn get(&self, id: &str) -> Option<&CatalogModel> {
+        self.models.iter().find(|m| m.id == id)
     }
 }
 
@@ -120,11 +225,28 @@ mod tests {
         for owner in ["openai", "anthropic", "google"] {
             assert!(catalog.models.iter().any(|m| m.owner() == owner), "{owner}");
         }
-        assert_eq!(
-            catalog.filtered(Some(Task::Chat)).count(),
-            catalog.models.len()
+        let closed = catalog.models.iter().filter(|m| m.open.is_none()).count();
+        assert!(closed >= 3);
+        assert!(
+            catalog
+                .models
+                .iter()
+                .filter(|m| m.open.is_none())
+                .all(|m| m.task == Task::Chat)
         );
-        assert_eq!(catalog.filtered(Some(Task::FeatureExtraction)).count(), 0);
+        let embedders: Vec<_> = catalog
+            .filtered(Some(Task::FeatureExtraction))
+            .map(|m| m.id.as_str())
+            .collect();
+        assert_eq!(embedders, ["sentence-transformers/all-MiniLM-L6-v2"]);
+        let minilm = catalog
+            .get("sentence-transformers/all-MiniLM-L6-v2")
+            .unwrap();
+        assert!(minilm.serves(Task::ZeroShotClassification));
+        assert!(!minilm.serves(Task::Chat));
+        assert_eq!(minilm.owner(), "switchyard");
+        let smol = catalog.get("HuggingFaceTB/SmolLM2-135M-Instruct").unwrap();
+        assert_eq!(smol.open.as_ref().unwrap().engine, Engine::Decoder);
     }
 
     #[test]
@@ -135,6 +257,11 @@ mod tests {
         );
         let bad = r#"{"models":[{"id":"openai/a b","task":"chat","description":"a"}]}"#;
         assert!(matches!(Catalog::parse(bad), Err(CatalogError::BadId(..))));
+        let open_without = r#"{"models":[{"id":"org/m","task":"chat","description":"a"}]}"#;
+        assert!(matches!(
+            Catalog::parse(open_without),
+            Err(CatalogError::Open(..))
+        ));
         let task = r#"{"models":[{"id":"openai/x","task":"dance","description":"a"}]}"#;
         assert!(matches!(Catalog::parse(task), Err(CatalogError::Parse(_))));
         assert_eq!(

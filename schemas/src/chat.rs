@@ -110,6 +110,10 @@ pub struct Params {
     pub temperature: Option<f64>,
     #[serde(default)]
     pub top_p: Option<f64>,
+    /// Sample only from the `top_k` most likely tokens (open models; Anthropic and
+    /// Gemini take it too).
+    #[serde(default)]
+    pub top_k: Option<u32>,
     /// Upper bound on generated tokens.
     #[serde(default)]
     pub max_tokens: Option<u32>,

@@ -35,6 +35,9 @@ pub struct ReplyChunk {
     /// (e.g. `seed` for Anthropic); set on seq 0, so callers learn of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dropped_params: Vec<String>,
+    /// The result of a non-chat task (embeddings, classification); in one chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<crate::task::TaskOutput>,
 }
 
 impl ReplyChunk {
@@ -51,6 +54,7 @@ impl ReplyChunk {
             provider: None,
             model: None,
             dropped_params: Vec::new(),
+            output: None,
         }
     }
 

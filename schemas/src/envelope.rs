@@ -60,6 +60,10 @@ pub struct SealedRequest {
     /// request's fallback models; `provider_key` serves the primary model's provider.
     #[serde(default)]
     pub provider_keys: std::collections::BTreeMap<String, String>,
+    /// A task other than chat (embeddings, zero-shot classification) for an open
+    /// model; absent means chat on `request.messages`.
+    #[serde(default)]
+    pub task: Option<crate::task::TaskInput>,
 }
 
 impl SealedRequest {
@@ -82,6 +86,10 @@ impl std::fmt::Debug for SealedRequest {
         f.debug_struct("SealedRequest")
             .field("model", &self.request.model)
             .field("messages", &self.request.messages.len())
+            .field(
+                "task",
+                &self.task.as_ref().map(crate::task::TaskInput::name),
+            )
             .field(
                 "provider_key",
                 &self.provider_key.as_ref().map(|_| "<redacted>"),

@@ -10,6 +10,8 @@
 //! - [`codec`]: the one MessagePack codec (named maps) for every payload.
 //! - [`seal`]: AES-256-GCM sealing, so prompts and provider keys are never at rest in
 //!   plaintext in JetStream.
+//! - [`task`]: open-model tasks other than chat (embeddings, zero-shot
+//!   classification) and their outputs.
 //! - [`headers`]: NATS header names we set and read.
 //! - [`json_schema`]: JSON Schema of every message, exported to `schemas/json/` for
 //!   publishers in other languages.
@@ -27,6 +29,7 @@ pub mod headers;
 pub mod json_schema;
 pub mod seal;
 pub mod subjects;
+pub mod task;
 
 pub use chat::{ChatRequest, ContentPart, Message, Params, Role, Tool, ToolCall, ToolChoice};
 pub use chunk::{Delta, FinishReason, ReplyChunk, ToolCallDelta, Usage};
@@ -36,6 +39,7 @@ pub use error::{ErrorBody, ErrorKind};
 #[cfg(feature = "cli")]
 pub use seal::SealKeyArgs;
 pub use seal::{SealError, SealKey, Sealed};
+pub use task::{TaskInput, TaskOutput};
 
 /// The schema version this build writes. Readers accept every version up to this one.
 pub const SCHEMA_VERSION: u16 = 1;

@@ -57,6 +57,7 @@ fn sample_request() -> ChatRequest {
         params: Params {
             temperature: Some(0.25),
             top_p: Some(0.5),
+            top_k: None,
             max_tokens: Some(64),
             stop: vec!["\n\n".into()],
             seed: Some(7),
@@ -107,6 +108,7 @@ fn sample_sealed_request() -> SealedRequest {
         request: sample_request(),
         provider_key: Some("sk-fixture".into()),
         provider_keys: Default::default(),
+        task: None,
     }
 }
 

@@ -3,13 +3,18 @@
 //! - [`config`]: flags and environment.
 //! - [`auth`]: API keys (the dev key; accounts' keys from Postgres, cached) and the
 //!   per-key rate limit.
-//! - [`routes`]: the axum router — `POST /v1/chat/completions`, `POST /models/v2/…`,
-//!   `GET /healthz`, `GET /metrics` — and the request pipeline every route shares:
-//!   authenticate, normalize, seal, publish to JetStream (awaited PubAck,
-//!   `Nats-Msg-Id` = request id), stream the reply back.
+//! - [`routes`]: the axum router — `POST /v1/chat/completions`, `POST /v1/embeddings`,
+//!   `POST /models/v2/…`, `GET /healthz`, `GET /metrics` — and the request pipeline
+//!   every route shares: authenticate, normalize, route the model (closed:
+//!   `req.closed.<provider>` with the caller's provider key; open: the catalog's models
+//!   on `req.open.<model-token>`, checked against the task they serve), seal, publish to
+//!   JetStream (awaited PubAck, `Nats-Msg-Id` = request id), stream the reply back.
 //! - [`openai`]: the OpenAI wire format in and out.
+//! - [`embeddings`]: `POST /v1/embeddings`, OpenAI-compatible (float or base64 vectors).
 //! - [`unified`]: Switchyard's own route, `POST /models/v2/{model id}`: the model in the
-//!   path, `messages` or `text`, answers as JSON or named SSE events.
+//!   path; chat (`messages` or `text`, JSON or named SSE events), embeddings (`inputs`)
+//!   or zero-shot classification (`text` + `params.candidate_labels`) by what the model
+//!   serves.
 //! - [`replies`]: routes reply chunks from `reply.<ingress>.*` to waiting requests.
 //! - [`error`]: the one error type, answered OpenAI-style (or in the unified shape).
 //! - [`metrics`]: Prometheus metrics.
@@ -19,6 +24,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod embeddings;
 pub mod error;
 pub mod metrics;
 pub mod models;

@@ -1,6 +1,7 @@
 //! `GET /v1/models` (OpenAI's list) and `GET /v1/catalog?task=…` (ours, richer), both
-//! from the catalog in `schemas/catalog/models.json`. Listing is for discovery: any
-//! `<provider>/<model>` id is forwarded, listed or not.
+//! from the catalog in `schemas/catalog/models.json`: closed models (listed for
+//! discovery: any `<provider>/<model>` id is forwarded, listed or not) and open models
+//! (served by our own workers, `owned_by` "switchyard"; only listed ones are served).
 
 use std::collections::HashMap;
 
@@ -28,7 +29,8 @@ pub async fn list(State(state): State<Shared>, headers: HeaderMap) -> Response {
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
-/// The catalog, optionally filtered by `?task=chat|feature-extraction|text-classification`.
+/// The catalog, optionally filtered by `?task=` (a model matches when it serves the
+/// task, as its main task or one of `other_tasks`).
 pub async fn catalog(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -43,7 +45,9 @@ pub async fn catalog(
         Some((name, None)) => {
             return ApiError::new(
                 ErrorKind::InvalidRequest,
-                format!("unknown task {name:?}: chat, feature-extraction or text-classification"),
+                format!(
+                    "unknown task {name:?}: chat, feature-extraction, text-classification or zero-shot-classification"
+                ),
             )
             .with_param("task")
             .into_response();
@@ -56,8 +60,10 @@ pub async fn catalog(
             json!({
                 "id": m.id,
                 "task": m.task.as_str(),
+                "other_tasks": m.other_tasks.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
                 "owner": m.owner(),
-                "kind": if m.owner() == "switchyard" { "open" } else { "closed" },
+                "kind": if m.open.is_some() { "open" } else { "closed" },
+                "instance_type": m.open.as_ref().map(|o| o.instance_type.as_str()),
                 "description": m.description,
                 "context_window": m.context_window,
             })

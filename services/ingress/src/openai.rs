@@ -25,6 +25,9 @@ pub struct ChatCompletionRequest {
     pub temperature: Option<f64>,
     #[serde(default)]
     pub top_p: Option<f64>,
+    /// Not in OpenAI's API; open models (and Anthropic, Gemini) take it.
+    #[serde(default)]
+    pub top_k: Option<u32>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
     #[serde(default)]
@@ -375,6 +378,7 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
             params: Params {
                 temperature: req.temperature,
                 top_p: req.top_p,
+                top_k: req.top_k,
                 max_tokens: req.max_completion_tokens.or(req.max_tokens),
                 stop,
                 seed: req.seed,

@@ -14,9 +14,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
+use schemas::catalog::{Catalog, CatalogModel, Task};
 use schemas::subjects::{self, ModelRoute};
 use schemas::{
     ErrorBody, ErrorKind, ReplyChunk, ReplyTarget, RequestEnvelope, SealKey, SealedRequest,
+    TaskInput, TaskOutput, Usage,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
@@ -55,6 +57,7 @@ pub fn router(state: Shared) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(crate::embeddings::embeddings))
         .route("/models/v2/{*model_id}", post(crate::unified::unified))
         .route("/v1/models", get(crate::models::list))
         .route("/v1/catalog", get(crate::models::catalog))
@@ -133,13 +136,31 @@ async fn chat_completions(
         Err(e) => (e.into_response(), false),
     };
     state.metrics.in_flight.dec();
-    let route = "chat_completions".to_string();
+    record(
+        &state,
+        "chat_completions",
+        response.status(),
+        stream,
+        started,
+    );
+    response
+}
+
+/// Counts an answered request by route and status, and observes a non-streaming
+/// answer's duration (a stream's is observed when it ends).
+pub(crate) fn record(
+    state: &AppState,
+    route: &str,
+    status: StatusCode,
+    stream: bool,
+    started: Instant,
+) {
     state
         .metrics
         .requests
         .get_or_create(&RequestLabels {
-            route: route.clone(),
-            status: response.status().as_u16(),
+            route: route.to_string(),
+            status: status.as_u16(),
             stream,
         })
         .inc();
@@ -147,10 +168,11 @@ async fn chat_completions(
         state
             .metrics
             .duration
-            .get_or_create(&RouteLabels { route })
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
             .observe(started.elapsed().as_secs_f64());
     }
-    response
 }
 
 /// The OpenAI-compatible route: parse, run through the pipeline, answer JSON or SSE.
@@ -164,7 +186,7 @@ async fn handle_chat(
     let body = read_body(state, body)?;
     let normalized = openai::normalize(openai::parse_body(&body)?)?;
     let include_usage = normalized.include_usage;
-    let prepared = prepare(state, headers, normalized.request, account)?;
+    let prepared = prepare(state, headers, normalized.request, None, account)?;
     let span = tracing::info_span!(
         "chat",
         request_id = %prepared.request_id,
@@ -251,29 +273,125 @@ pub(crate) struct Prepared {
     pub(crate) deadline: TokioInstant,
 }
 
-/// Routes the model, takes the caller's provider key, and seals the request into an
-/// envelope. Every route of the API goes through here.
+/// Where a model id goes.
+pub(crate) enum Target<'a> {
+    /// `openai/…`, `anthropic/…`, `google/…`: the translator, with the caller's key.
+    Closed(subjects::Provider),
+    /// A catalog model run by our own inference workers on `req.open.<token>`.
+    Open {
+        model: &'a CatalogModel,
+        token: String,
+    },
+}
+
+/// Routes a model id: closed models by their provider prefix (listed or not), open
+/// models only when the catalog lists them. `param` names the field in errors.
+pub(crate) fn resolve<'a>(
+    catalog: &'a Catalog,
+    model: &str,
+    param: &str,
+) -> Result<Target<'a>, ApiError> {
+    match subjects::route_model(model)
+        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.to_string()).with_param(param))?
+    {
+        ModelRoute::Closed { provider, .. } => Ok(Target::Closed(provider)),
+        ModelRoute::Open { token } => match catalog.get(model).filter(|m| m.open.is_some()) {
+            Some(entry) => Ok(Target::Open {
+                model: entry,
+                token,
+            }),
+            None => Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "the model '{model}' does not exist: open models are the ones GET /v1/models lists (owned_by \"switchyard\"); closed models are named openai/<model>, anthropic/<model> or google/<model>"
+                ),
+            )
+            .with_param(param)),
+        },
+    }
+}
+
+/// The catalog task a request asks for: chat unless it carries another task.
+pub(crate) fn task_of(task: Option<&TaskInput>) -> Task {
+    match task {
+        None => Task::Chat,
+        Some(TaskInput::FeatureExtraction { .. }) => Task::FeatureExtraction,
+        Some(TaskInput::ZeroShotClassification { .. }) => Task::ZeroShotClassification,
+    }
+}
+
+/// `a, b and c`.
+fn and_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// A 400 unless `target` serves `task`; the message says what the model does and
+/// which models do `task`.
+pub(crate) fn check_task(
+    catalog: &Catalog,
+    target: &Target<'_>,
+    model: &str,
+    task: Task,
+    param: &str,
+) -> Result<(), ApiError> {
+    let why = match target {
+        Target::Closed(_) if task == Task::Chat => return Ok(()),
+        Target::Open { model: entry, .. } if entry.serves(task) => return Ok(()),
+        Target::Closed(_) => "closed models are served for chat only".to_string(),
+        Target::Open { model: entry, .. } => {
+            let tasks: Vec<&str> = std::iter::once(entry.task)
+                .chain(entry.other_tasks.iter().copied())
+                .map(Task::as_str)
+                .collect();
+            format!("it serves {}", tasks.join(", "))
+        }
+    };
+    let doers: Vec<&str> = catalog
+        .filtered(Some(task))
+        .map(|m| m.id.as_str())
+        .take(4)
+        .collect();
+    let hint = match doers.len() {
+        0 => format!("no model in the catalog does {}", task.as_str()),
+        1..=3 => format!(
+            "{} {} (GET /v1/catalog?task={})",
+            and_list(&doers),
+            if doers.len() == 1 { "does" } else { "do" },
+            task.as_str()
+        ),
+        _ => format!(
+            "GET /v1/catalog?task={} lists the models that do",
+            task.as_str()
+        ),
+    };
+    Err(ApiError::new(
+        ErrorKind::InvalidRequest,
+        format!(
+            "the model '{model}' does not do {}; {why}; {hint}",
+            task.as_str()
+        ),
+    )
+    .with_param(param))
+}
+
+/// Routes the model (closed: the translator, with the caller's `provider-key`; open:
+/// the catalog's models, no provider key, never forwarded), checks the model serves the
+/// request's task, and seals the request into an envelope. Every route of the API
+/// goes through here, for closed and open models alike; `task` is `None` for chat.
 pub(crate) fn prepare(
     state: &AppState,
     headers: &HeaderMap,
     request: schemas::ChatRequest,
+    task: Option<TaskInput>,
     account: String,
 ) -> Result<Prepared, ApiError> {
-    let (subject, primary) = match subjects::route_model(&request.model)
-        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.to_string()).with_param("model"))?
-    {
-        ModelRoute::Closed { provider, .. } => (subjects::closed_request(provider), provider),
-        ModelRoute::Open { .. } => {
-            return Err(ApiError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "the model '{}' does not exist: closed models are named openai/<model>, anthropic/<model> or google/<model>; no open models are served yet",
-                    request.model
-                ),
-            )
-            .with_param("model"));
-        }
-    };
+    let kind = task_of(task.as_ref());
+    let target = resolve(&state.catalog, &request.model, "model")?;
+    check_task(&state.catalog, &target, &request.model, kind, "model")?;
     if let Some(name) = headers
         .keys()
         .map(|n| n.as_str())
@@ -282,25 +400,36 @@ pub(crate) fn prepare(
         return Err(openai::base_url_override(name));
     }
     openai::validate_params(&request.params)?;
-    let provider_key = headers
-        .get(PROVIDER_KEY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::Authentication,
-                "missing provider-key header: closed models are called with your own provider API key",
+    let (subject, primary, provider_key) = match target {
+        Target::Closed(provider) => {
+            let key = header_text(headers, PROVIDER_KEY_HEADER).ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Authentication,
+                    "missing provider-key header: closed models are called with your own provider API key",
+                )
+            })?;
+            (
+                subjects::closed_request(provider),
+                Some(provider),
+                Some(key.to_string()),
             )
-        })?
-        .to_string();
+        }
+        // Our own workers need no provider key: one sent anyway stays here.
+        Target::Open { token, .. } => (subjects::open_request(&token), None, None),
+    };
     let traceparent = headers
         .get(schemas::headers::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .filter(|v| schemas::headers::is_traceparent(v))
         .map(str::to_string);
 
-    let provider_keys = fallback_keys(headers, &request.fallback_models, primary)?;
+    let provider_keys = fallback_keys(
+        &state.catalog,
+        headers,
+        &request.fallback_models,
+        kind,
+        primary,
+    )?;
 
     let request_id = Uuid::now_v7();
     let model = request.model.clone();
@@ -309,8 +438,9 @@ pub(crate) fn prepare(
     let timeout = state.config.request_timeout();
     let sealed_plain = schemas::encode(&SealedRequest {
         request,
-        provider_key: Some(provider_key),
+        provider_key,
         provider_keys,
+        task,
     })
     .map_err(internal)?;
     let body = state
@@ -341,46 +471,54 @@ pub(crate) fn prepare(
     })
 }
 
-/// Checks the fallback models (closed models only) and collects the caller's key for
-/// each provider they need beyond the primary one, from `provider-key-<provider>`.
+/// A header's value, trimmed, when it is present, text and not empty.
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// Checks the fallback models — closed models, or catalog models serving the same
+/// task — and collects the caller's key for each provider they need beyond the
+/// primary one, from `provider-key-<provider>`. With an open primary model (no
+/// `primary` provider) every closed fallback needs its `provider-key-<provider>`:
+/// `provider-key` itself is never forwarded with an open model.
 fn fallback_keys(
+    catalog: &Catalog,
     headers: &HeaderMap,
     fallbacks: &[String],
-    primary: subjects::Provider,
+    task: Task,
+    primary: Option<subjects::Provider>,
 ) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
     let mut keys = std::collections::BTreeMap::new();
     for (i, model) in fallbacks.iter().enumerate() {
         let param = format!("models[{i}]");
-        let provider = match subjects::route_model(model).map_err(|e| {
-            ApiError::new(ErrorKind::InvalidRequest, e.to_string()).with_param(param.clone())
-        })? {
-            ModelRoute::Closed { provider, .. } => provider,
-            ModelRoute::Open { .. } => {
-                return Err(ApiError::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "the fallback model '{model}' does not exist: fallbacks are closed models"
-                    ),
-                )
-                .with_param(param));
-            }
+        let target = resolve(catalog, model, &param)?;
+        check_task(catalog, &target, model, task, &param)?;
+        let Target::Closed(provider) = target else {
+            continue;
         };
-        if provider == primary || keys.contains_key(provider.as_str()) {
+        if Some(provider) == primary || keys.contains_key(provider.as_str()) {
             continue;
         }
         let header = format!("{PROVIDER_KEY_HEADER}-{}", provider.as_str());
-        let key = headers
-            .get(header.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::Authentication,
-                    format!("the fallback model '{model}' needs your {} key: send it in the {header} header", provider.as_str()),
-                )
-                .with_param(param)
-            })?;
+        let key = header_text(headers, &header).ok_or_else(|| {
+            let also = if primary.is_none() {
+                " (provider-key is not forwarded with an open model)"
+            } else {
+                ""
+            };
+            ApiError::new(
+                ErrorKind::Authentication,
+                format!(
+                    "the fallback model '{model}' needs your {} key: send it in the {header} header{also}",
+                    provider.as_str()
+                ),
+            )
+            .with_param(param)
+        })?;
         keys.insert(provider.as_str().to_string(), key.to_string());
     }
     Ok(keys)
@@ -463,7 +601,7 @@ pub(crate) fn answer_headers(request_id: Uuid, first: &ReplyChunk) -> HeaderMap 
     headers
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "internal error");
     ApiError::new(ErrorKind::Internal, "internal error")
 }
@@ -616,6 +754,52 @@ pub(crate) async fn collect(
         }
         if chunk.last {
             return Ok(completion);
+        }
+        expected += 1;
+        chunk = next_chunk(registration, deadline).await?;
+    }
+}
+
+/// The result of a task request (embeddings, zero-shot classification).
+#[derive(Debug)]
+pub(crate) struct TaskReply {
+    pub(crate) output: TaskOutput,
+    pub(crate) usage: Option<Usage>,
+}
+
+/// Reads a task request's reply to its last chunk. The worker sends the result whole,
+/// in `output` (one chunk: seq 0, `last`); a reply that ends without one is an
+/// internal error.
+pub(crate) async fn collect_output(
+    registration: &mut Registration,
+    first: ReplyChunk,
+    deadline: TokioInstant,
+) -> Result<TaskReply, ApiError> {
+    let mut chunk = first;
+    let mut expected = 0u32;
+    let mut output = None;
+    let mut usage = None;
+    loop {
+        if chunk.seq == 0 && chunk.error.is_none() {
+            // A redelivered request starts over from seq 0.
+            output = None;
+            usage = None;
+            expected = 0;
+        }
+        in_order(&chunk, expected)?;
+        if let Some(error) = chunk.error {
+            return Err(ApiError::from(error));
+        }
+        if chunk.output.is_some() {
+            output = chunk.output;
+        }
+        if chunk.usage.is_some() {
+            usage = chunk.usage;
+        }
+        if chunk.last {
+            return output
+                .map(|output| TaskReply { output, usage })
+                .ok_or_else(|| internal("a worker ended a task reply without its output"));
         }
         expected += 1;
         chunk = next_chunk(registration, deadline).await?;

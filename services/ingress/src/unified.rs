@@ -1,26 +1,45 @@
 //! Switchyard's own route: `POST /models/v2/{model id}`, one request shape for every
 //! model. The model id is the rest of the path and may contain `/`
 //! (`/models/v2/anthropic/claude-sonnet-4-5`); it is checked like any model id, so
-//! `*`, `>`, spaces and the like are a 400. Authentication (`Authorization: Bearer
-//! <key>` or `Authorization: Key <key>`), the `provider-key` header and the pipeline
-//! behind it (seal, publish, reply chunks) are those of `/v1/chat/completions`.
+//! `*`, `>`, spaces and the like are a 400, and an open-model id the catalog does not
+//! list is a 404. Authentication (`Authorization: Bearer <key>` or `Authorization: Key
+//! <key>`), the `provider-key` header (closed models only; never forwarded with an open
+//! one) and the pipeline behind it (route, seal, publish, reply chunks) are those of
+//! `/v1/chat/completions`.
 //!
 //! Request body, a JSON object:
 //!
 //! ```json
 //! {"messages": [{"role": "user", "content": "hi"}],   // OpenAI-style messages, or
 //!  "text": "hi",                                      // one user message: exactly one of the two
-//!  "params": {"temperature", "top_p", "max_tokens", "stop", "seed",
-//!             "presence_penalty", "frequency_penalty", "user"},  // all optional; others are a 400
+//!  "inputs": "a text" | ["text", …],                  // texts to embed (feature-extraction)
+//!  "params": {"temperature", "top_p", "top_k", "max_tokens", "stop", "seed",
+//!             "presence_penalty", "frequency_penalty", "user",    // chat
+//!             "candidate_labels", "multi_label"},     // zero-shot classification
+//!                                                     // all optional; others are a 400
 //!  "tools": [{"type": "function", "function": {"name", "description", "parameters"}}],
 //!  "tool_choice": "auto" | "none" | "required" | {"type": "function", "function": {"name"}},
+//!  "models": ["<fallback model id>", …],
 //!  "stream": false}
 //! ```
 //!
-//! A `model` field in the body is a 400 (the path names the model). Every 4xx names
-//! the field at fault in `error.param`.
+//! What the request asks for follows from the body and the model (the catalog says what
+//! each open model serves):
 //!
-//! Answer (`stream` false or absent), 200:
+//! 1. `params.candidate_labels` (a non-empty list of distinct, non-empty labels;
+//!    `params.multi_label` optional) → zero-shot classification of `text`, if the model
+//!    serves `zero-shot-classification`;
+//! 2. else `inputs`, or a model whose task is `feature-extraction` → embeddings of
+//!    `inputs` (a string or a list of up to 2048) or of `text`;
+//! 3. else chat, as for closed models.
+//!
+//! A field or parameter the chosen task does not take is a 400 naming it
+//! (`params.candidate_labels` on a chat model, `messages` or `params.temperature` for
+//! embeddings, `stream: true` for a task that answers in one piece, …), and so is a
+//! task the model does not serve. A `model` field in the body is a 400 (the path names
+//! the model). Every 4xx names the field at fault in `error.param`.
+//!
+//! Chat answer (`stream` false or absent), 200:
 //!
 //! ```json
 //! {"output": {"role": "assistant", "content": "…", "tool_calls": [{"id", "type": "function",
@@ -32,6 +51,15 @@
 //!  "dropped_params"?: ["seed"]}   // only when the provider has no equivalent for a param
 //! ```
 //!
+//! Task answers, 200, the same fields around another `output`:
+//!
+//! ```json
+//! {"output": {"embeddings": [[0.01, …], …]},                        // one per input, in order
+//!  "output": {"labels": ["sport", …], "scores": [0.93, …]},          // best first
+//!  "provider": "switchyard", "model": "<model id>", "served_model": "<model id>" | null,
+//!  "usage": {"input_tokens", "output_tokens": 0}, "error": null, "request_id": "<uuid>"}
+//! ```
+//!
 //! Both forms carry the headers of every route: `x-request-id`, `x-switchyard-provider`,
 //! `x-switchyard-served-model` and `x-switchyard-dropped-params` when there are any.
 //!
@@ -40,11 +68,11 @@
 //!
 //! ```json
 //! {"error": {"kind": "rate_limited", "message": "…", "param": null, "retry_after_ms"?: 2500},
-//!  "output": null, "provider": "openai" | null, "usage": null}
+//!  "output": null, "provider": "openai" | "switchyard" | null, "usage": null}
 //! ```
 //!
-//! Streaming (`"stream": true`) answers `text/event-stream` with named events, once the
-//! first chunk arrived (so an error before any output is still a real status):
+//! Streaming chat (`"stream": true`) answers `text/event-stream` with named events,
+//! once the first chunk arrived (so an error before any output is still a real status):
 //!
 //! ```text
 //! event: chunk
@@ -67,9 +95,12 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use schemas::subjects::{self, ModelRoute};
-use schemas::{ChatRequest, ErrorKind, FinishReason, Message, Params, ReplyChunk, Role, Usage};
-use serde::Deserialize;
+use schemas::catalog::{Catalog, CatalogModel, Task};
+use schemas::{
+    ChatRequest, ErrorKind, FinishReason, Message, Params, ReplyChunk, Role, TaskInput, TaskOutput,
+    Usage,
+};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
@@ -77,10 +108,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::metrics::{RequestLabels, RouteLabels};
+use crate::metrics::RouteLabels;
 use crate::openai::{self, Completion, OaiMessage, OaiTool, Stop};
 use crate::replies::Registration;
-use crate::routes::{self, CancelOnDrop, Dispatched, Shared};
+use crate::routes::{self, CancelOnDrop, Dispatched, Shared, Target};
 
 /// The `route` label of this route's metrics.
 const ROUTE: &str = "unified";
@@ -93,9 +124,12 @@ pub struct UnifiedRequest {
     pub model: Option<Value>,
     #[serde(default)]
     pub messages: Option<Vec<OaiMessage>>,
-    /// Shorthand for one user message.
+    /// Shorthand for one user message; the text to classify; or one text to embed.
     #[serde(default)]
     pub text: Option<String>,
+    /// Texts to embed: a string or a list of strings.
+    #[serde(default)]
+    pub inputs: Option<Value>,
     #[serde(default)]
     pub params: Option<UnifiedParams>,
     #[serde(default)]
@@ -129,6 +163,8 @@ pub struct UnifiedParams {
     #[serde(default)]
     pub top_p: Option<f64>,
     #[serde(default)]
+    pub top_k: Option<u32>,
+    #[serde(default)]
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub stop: Option<Stop>,
@@ -140,15 +176,122 @@ pub struct UnifiedParams {
     pub frequency_penalty: Option<f64>,
     #[serde(default)]
     pub user: Option<String>,
+    /// Zero-shot classification: the labels to score.
+    #[serde(default)]
+    pub candidate_labels: Option<Vec<String>>,
+    /// Zero-shot classification: score each label on its own instead of as one
+    /// distribution.
+    #[serde(default)]
+    pub multi_label: Option<bool>,
 }
+
+impl UnifiedParams {
+    /// The first chat (sampling or length) parameter set, by name.
+    fn chat_param(&self) -> Option<&'static str> {
+        [
+            ("temperature", self.temperature.is_some()),
+            ("top_p", self.top_p.is_some()),
+            ("top_k", self.top_k.is_some()),
+            ("max_tokens", self.max_tokens.is_some()),
+            ("stop", self.stop.is_some()),
+            ("seed", self.seed.is_some()),
+            ("presence_penalty", self.presence_penalty.is_some()),
+            ("frequency_penalty", self.frequency_penalty.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, set)| set.then_some(name))
+    }
+}
+
+/// Labels one zero-shot request may score.
+pub const MAX_CANDIDATE_LABELS: usize = 100;
 
 fn invalid(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::new(ErrorKind::InvalidRequest, message).with_param(param)
 }
 
+/// What a unified request becomes: the normalized request for the envelope, and the
+/// task when it is not chat.
+#[derive(Debug)]
+pub struct Job {
+    pub request: ChatRequest,
+    pub task: Option<TaskInput>,
+}
+
+/// What the request asks the model to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Embeddings,
+    ZeroShot,
+}
+
+/// `feature-extraction, zero-shot-classification`: the tasks `served` serves.
+fn tasks_of(served: Option<&CatalogModel>) -> String {
+    match served {
+        Some(m) => std::iter::once(m.task)
+            .chain(m.other_tasks.iter().copied())
+            .map(Task::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => "chat (closed models are served for chat only)".into(),
+    }
+}
+
+/// Chooses the task from the body and what the model serves (`served` is the catalog
+/// entry of an open model; `None` for a closed one).
+fn choose(
+    model_id: &str,
+    served: Option<&CatalogModel>,
+    req: &UnifiedRequest,
+    params: &UnifiedParams,
+) -> Result<Kind, ApiError> {
+    let serves = |task| served.is_some_and(|m| m.serves(task));
+    let not_for = |param: &str, task: Task| {
+        invalid(
+            format!(
+                "'{param}' is for {}, which the model '{model_id}' does not do; it serves {}",
+                task.as_str(),
+                tasks_of(served)
+            ),
+            param,
+        )
+    };
+    if params.candidate_labels.is_some() || params.multi_label.is_some() {
+        let param = if params.candidate_labels.is_some() {
+            "params.candidate_labels"
+        } else {
+            "params.multi_label"
+        };
+        return if serves(Task::ZeroShotClassification) {
+            Ok(Kind::ZeroShot)
+        } else {
+            Err(not_for(param, Task::ZeroShotClassification))
+        };
+    }
+    if req.inputs.is_some() {
+        return if serves(Task::FeatureExtraction) {
+            Ok(Kind::Embeddings)
+        } else {
+            Err(not_for("inputs", Task::FeatureExtraction))
+        };
+    }
+    Ok(match served.map(|m| m.task) {
+        Some(Task::FeatureExtraction) => Kind::Embeddings,
+        Some(Task::ZeroShotClassification) => Kind::ZeroShot,
+        // Chat; for a model that does not chat, routing says so.
+        _ => Kind::Chat,
+    })
+}
+
 /// Validates the body and converts it, with the model id from the path, to the
-/// normalized request.
-pub fn normalize(model_id: String, req: UnifiedRequest) -> Result<ChatRequest, ApiError> {
+/// normalized request and task. `served` is the catalog entry of an open model (what
+/// it serves decides the task), `None` for a closed model.
+pub fn normalize(
+    model_id: String,
+    mut req: UnifiedRequest,
+    served: Option<&CatalogModel>,
+) -> Result<Job, ApiError> {
     if req.base_url.is_some() {
         return Err(crate::openai::base_url_override("base_url"));
     }
@@ -158,6 +301,22 @@ pub fn normalize(model_id: String, req: UnifiedRequest) -> Result<ChatRequest, A
             "model",
         ));
     }
+    let params = req.params.take().unwrap_or_default();
+    match choose(&model_id, served, &req, &params)? {
+        Kind::Chat => chat(model_id, req, params).map(|request| Job {
+            request,
+            task: None,
+        }),
+        Kind::Embeddings => embeddings(model_id, req, params, served),
+        Kind::ZeroShot => zero_shot(model_id, req, params, served),
+    }
+}
+
+fn chat(
+    model_id: String,
+    req: UnifiedRequest,
+    params: UnifiedParams,
+) -> Result<ChatRequest, ApiError> {
     let messages = match (req.messages, req.text) {
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -182,7 +341,6 @@ pub fn normalize(model_id: String, req: UnifiedRequest) -> Result<ChatRequest, A
         }
         (None, Some(text)) => vec![Message::text(Role::User, text)],
     };
-    let params = req.params.unwrap_or_default();
     let fallback_models = openai::fallbacks(&model_id, req.models)?;
     Ok(ChatRequest {
         model: model_id,
@@ -190,6 +348,7 @@ pub fn normalize(model_id: String, req: UnifiedRequest) -> Result<ChatRequest, A
         params: Params {
             temperature: params.temperature,
             top_p: params.top_p,
+            top_k: params.top_k,
             max_tokens: params.max_tokens,
             stop: openai::stop_list(params.stop),
             seed: params.seed,
@@ -208,12 +367,187 @@ pub fn normalize(model_id: String, req: UnifiedRequest) -> Result<ChatRequest, A
     })
 }
 
-/// The provider a model id routes to, for error bodies written before any worker
-/// answered.
-fn provider_of(model_id: &str) -> Option<&'static str> {
-    match subjects::route_model(model_id) {
-        Ok(ModelRoute::Closed { provider, .. }) => Some(provider.as_str()),
-        _ => None,
+/// Refuses what only chat takes: `messages` (saying what the model does instead),
+/// tools, streaming and the sampling parameters.
+fn refuse_chat_fields(
+    model_id: &str,
+    req: &UnifiedRequest,
+    params: &UnifiedParams,
+    served: Option<&CatalogModel>,
+    task: Task,
+    instead: &str,
+) -> Result<(), ApiError> {
+    if req.messages.is_some() {
+        let chats = served.is_some_and(|m| m.serves(Task::Chat));
+        let message = if chats {
+            format!("'messages' is for chat; {} takes {instead}", task.as_str())
+        } else {
+            format!(
+                "the model '{model_id}' does not do chat; it serves {}: send {instead}",
+                tasks_of(served)
+            )
+        };
+        return Err(invalid(message, "messages"));
+    }
+    for (field, set) in [
+        ("tools", req.tools.is_some()),
+        ("tool_choice", req.tool_choice.is_some()),
+    ] {
+        if set {
+            return Err(invalid(
+                format!("'{field}' is for chat; {} takes none", task.as_str()),
+                field,
+            ));
+        }
+    }
+    if req.stream == Some(true) {
+        return Err(invalid(
+            format!(
+                "{} answers in one piece, not as a stream: leave 'stream' out or set it to false",
+                task.as_str()
+            ),
+            "stream",
+        ));
+    }
+    if let Some(name) = params.chat_param() {
+        return Err(invalid(
+            format!(
+                "'params.{name}' is a chat parameter; {} does not take it",
+                task.as_str()
+            ),
+            &format!("params.{name}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The envelope's request for a task: model, `user` and fallbacks; no messages.
+fn task_request(
+    model_id: String,
+    models: Option<Vec<String>>,
+    user: Option<String>,
+) -> Result<ChatRequest, ApiError> {
+    let fallback_models = openai::fallbacks(&model_id, models)?;
+    Ok(ChatRequest {
+        model: model_id,
+        messages: Vec::new(),
+        params: Params {
+            user,
+            ..Params::default()
+        },
+        tools: Vec::new(),
+        tool_choice: None,
+        stream: false,
+        fallback_models,
+    })
+}
+
+fn embeddings(
+    model_id: String,
+    req: UnifiedRequest,
+    params: UnifiedParams,
+    served: Option<&CatalogModel>,
+) -> Result<Job, ApiError> {
+    refuse_chat_fields(
+        &model_id,
+        &req,
+        &params,
+        served,
+        Task::FeatureExtraction,
+        "'inputs' (a string or a list of strings) or 'text' to embed",
+    )?;
+    let inputs = match (req.inputs, req.text) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("send either 'inputs' or 'text', not both", "text"));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "missing 'inputs' (a string or a list of strings to embed) or 'text' (one text)",
+                "inputs",
+            ));
+        }
+        (Some(inputs), None) => crate::embeddings::texts(inputs, "inputs")?,
+        (None, Some(text)) if text.is_empty() => {
+            return Err(invalid("'text' must not be an empty string", "text"));
+        }
+        (None, Some(text)) => vec![text],
+    };
+    Ok(Job {
+        request: task_request(model_id, req.models, params.user)?,
+        task: Some(TaskInput::FeatureExtraction { inputs }),
+    })
+}
+
+fn zero_shot(
+    model_id: String,
+    req: UnifiedRequest,
+    params: UnifiedParams,
+    served: Option<&CatalogModel>,
+) -> Result<Job, ApiError> {
+    refuse_chat_fields(
+        &model_id,
+        &req,
+        &params,
+        served,
+        Task::ZeroShotClassification,
+        "'text' and params.candidate_labels",
+    )?;
+    if req.inputs.is_some() {
+        return Err(invalid(
+            "'inputs' is for embeddings; zero-shot-classification classifies one 'text'",
+            "inputs",
+        ));
+    }
+    let text = match req.text {
+        Some(text) if !text.is_empty() => text,
+        _ => {
+            return Err(invalid(
+                "zero-shot-classification needs 'text': the text to classify",
+                "text",
+            ));
+        }
+    };
+    let labels = params.candidate_labels.unwrap_or_default();
+    if labels.is_empty() {
+        return Err(invalid(
+            "zero-shot-classification needs params.candidate_labels: a non-empty list of labels to score",
+            "params.candidate_labels",
+        ));
+    }
+    if labels.len() > MAX_CANDIDATE_LABELS {
+        return Err(invalid(
+            format!(
+                "params.candidate_labels takes at most {MAX_CANDIDATE_LABELS} labels, got {}",
+                labels.len()
+            ),
+            "params.candidate_labels",
+        ));
+    }
+    for (i, label) in labels.iter().enumerate() {
+        let at = format!("params.candidate_labels[{i}]");
+        if label.trim().is_empty() {
+            return Err(invalid(format!("{at} must not be empty"), &at));
+        }
+        if labels[..i].contains(label) {
+            return Err(invalid(format!("{at} repeats the label {label:?}"), &at));
+        }
+    }
+    Ok(Job {
+        request: task_request(model_id, req.models, params.user)?,
+        task: Some(TaskInput::ZeroShotClassification {
+            text,
+            candidate_labels: labels,
+            multi_label: params.multi_label.unwrap_or(false),
+        }),
+    })
+}
+
+/// Who serves a model id, for error bodies written before any worker answered.
+fn provider_of(catalog: &Catalog, model_id: &str) -> Option<&'static str> {
+    match routes::resolve(catalog, model_id, "model") {
+        Ok(Target::Closed(provider)) => Some(provider.as_str()),
+        Ok(Target::Open { .. }) => Some("switchyard"),
+        Err(_) => None,
     }
 }
 
@@ -226,31 +560,78 @@ pub(crate) async fn unified(
 ) -> Response {
     let started = Instant::now();
     state.metrics.in_flight.inc();
-    let provider = path.as_ref().ok().and_then(|Path(m)| provider_of(m));
+    let provider = path
+        .as_ref()
+        .ok()
+        .and_then(|Path(m)| provider_of(&state.catalog, m));
     let (response, stream) = match handle(&state, path, &headers, body, started).await {
         Ok((response, stream)) => (response, stream),
         Err(e) => (e.response_with(e.unified_body(provider)), false),
     };
     state.metrics.in_flight.dec();
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route: ROUTE.into(),
-            status: response.status().as_u16(),
-            stream,
-        })
-        .inc();
-    if !stream {
-        state
-            .metrics
-            .duration
-            .get_or_create(&RouteLabels {
-                route: ROUTE.into(),
-            })
-            .observe(started.elapsed().as_secs_f64());
-    }
+    routes::record(&state, ROUTE, response.status(), stream, started);
     response
+}
+
+/// What a task's answer must hold: one vector per input, or a score per label.
+#[derive(Debug, Clone, Copy)]
+enum Expected {
+    Embeddings(usize),
+    Labels(usize),
+}
+
+impl Expected {
+    fn of(task: &TaskInput) -> Self {
+        match task {
+            TaskInput::FeatureExtraction { inputs } => Expected::Embeddings(inputs.len()),
+            TaskInput::ZeroShotClassification {
+                candidate_labels, ..
+            } => Expected::Labels(candidate_labels.len()),
+        }
+    }
+}
+
+/// A task answer's `output`. Typed so f32s are written in their shortest form.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum TaskOutputBody {
+    Embeddings {
+        embeddings: Vec<Vec<f32>>,
+    },
+    Labels {
+        labels: Vec<String>,
+        scores: Vec<f32>,
+    },
+}
+
+/// The `output` of a task answer, checked against what was asked.
+fn task_output_body(output: TaskOutput, expected: Expected) -> Result<TaskOutputBody, ApiError> {
+    match (expected, output) {
+        (Expected::Embeddings(n), output) => Ok(TaskOutputBody::Embeddings {
+            embeddings: crate::embeddings::vectors_of(output, n)?,
+        }),
+        (Expected::Labels(n), TaskOutput::ZeroShotClassification { labels, scores })
+            if labels.len() == n && scores.len() == n =>
+        {
+            Ok(TaskOutputBody::Labels { labels, scores })
+        }
+        (Expected::Labels(n), other) => Err(routes::internal(format!(
+            "a worker answered {other:?} to a classification with {n} labels"
+        ))),
+    }
+}
+
+/// A task's non-streaming answer.
+#[derive(Debug, Serialize)]
+struct TaskAnswer<'a> {
+    output: TaskOutputBody,
+    provider: Option<&'a str>,
+    model: &'a str,
+    served_model: Option<&'a str>,
+    usage: Option<Value>,
+    /// Always null: errors have their own body.
+    error: (),
+    request_id: String,
 }
 
 async fn handle(
@@ -268,8 +649,15 @@ async fn handle(
         )
     })?;
     let body = routes::read_body(state, body)?;
-    let request = normalize(model_id, openai::parse_json(&body)?)?;
-    let prepared = routes::prepare(state, headers, request, account)?;
+    // Before the body: an unknown model is a 404 whatever the body says, and what an
+    // open model serves decides how the body is read.
+    let served = match routes::resolve(&state.catalog, &model_id, "model")? {
+        Target::Open { model, .. } => Some(model),
+        Target::Closed(_) => None,
+    };
+    let Job { request, task } = normalize(model_id, openai::parse_json(&body)?, served)?;
+    let expected = task.as_ref().map(Expected::of);
+    let prepared = routes::prepare(state, headers, request, task, account)?;
     let span = tracing::info_span!(
         "unified",
         request_id = %prepared.request_id,
@@ -283,7 +671,22 @@ async fn handle(
             mut cancel,
         } = routes::dispatch(state, &prepared, ROUTE, started).await?;
         let headers = routes::answer_headers(prepared.request_id, &first);
-        if prepared.stream {
+        if let Some(expected) = expected {
+            let provider = first.provider.clone();
+            let served_model = first.model.clone();
+            let reply = routes::collect_output(&mut registration, first, prepared.deadline).await?;
+            cancel.disarm();
+            let body = TaskAnswer {
+                output: task_output_body(reply.output, expected)?,
+                provider: provider.as_deref(),
+                model: &prepared.model,
+                served_model: served_model.as_deref(),
+                usage: reply.usage.as_ref().map(usage_json),
+                error: (),
+                request_id: prepared.request_id.to_string(),
+            };
+            Ok(((headers, axum::Json(body)).into_response(), false))
+        } else if prepared.stream {
             // The forwarding task owns the cancel guard from here on.
             let events = stream_events(
                 state,
@@ -486,10 +889,13 @@ mod tests {
     use schemas::{ContentPart, Delta, ToolCallDelta, ToolChoice};
 
     fn parse(body: &str) -> Result<ChatRequest, ApiError> {
-        normalize(
+        let job = normalize(
             "openai/gpt-4o-mini".into(),
             openai::parse_json(body.as_bytes())?,
-        )
+            None,
+        )?;
+        assert!(job.task.is_none());
+        Ok(job.request)
     }
 
     #[test]
@@ -554,6 +960,209 @@ mod tests {
         let e = parse(r#"{"text":"x","params":{"max_token":5}}"#).unwrap_err();
         assert!(e.0.message.contains("max_token"), "{}", e.0.message);
         assert!(e.0.param.is_some_and(|p| p.starts_with("params")));
+    }
+
+    const EMBEDDER: &str = "sentence-transformers/all-MiniLM-L6-v2";
+    const CHATTER: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+
+    /// Normalizes `body` for `model` as the route does, with the shipped catalog.
+    fn open_job(model: &str, body: Value) -> Result<Job, ApiError> {
+        let catalog = Catalog::embedded().unwrap();
+        let served = catalog.get(model);
+        normalize(
+            model.into(),
+            openai::parse_json(body.to_string().as_bytes())?,
+            served,
+        )
+    }
+
+    fn open_param(model: &str, body: Value) -> (Option<String>, String) {
+        let e = open_job(model, body).unwrap_err();
+        (e.0.param, e.0.message)
+    }
+
+    #[test]
+    fn the_model_and_the_body_choose_the_task() {
+        let j = open_job(EMBEDDER, json!({"text": "hello"})).unwrap();
+        assert_eq!(
+            j.task,
+            Some(TaskInput::FeatureExtraction {
+                inputs: vec!["hello".into()]
+            })
+        );
+        assert!(j.request.messages.is_empty());
+        let j = open_job(
+            EMBEDDER,
+            json!({"inputs": ["a", "b"], "params": {"user": "u"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            j.task,
+            Some(TaskInput::FeatureExtraction {
+                inputs: vec!["a".into(), "b".into()]
+            })
+        );
+        assert_eq!(j.request.params.user.as_deref(), Some("u"));
+        let j = open_job(
+            EMBEDDER,
+            json!({"text": "2-1 after extra time", "params": {"candidate_labels": ["sport", "cooking"], "multi_label": true}}),
+        )
+        .unwrap();
+        assert_eq!(
+            j.task,
+            Some(TaskInput::ZeroShotClassification {
+                text: "2-1 after extra time".into(),
+                candidate_labels: vec!["sport".into(), "cooking".into()],
+                multi_label: true,
+            })
+        );
+        let j = open_job(CHATTER, json!({"text": "hi", "params": {"top_k": 20}})).unwrap();
+        assert!(j.task.is_none());
+        assert_eq!(j.request.params.top_k, Some(20));
+        assert_eq!(j.request.messages, [Message::text(Role::User, "hi")]);
+    }
+
+    #[test]
+    fn fields_a_task_does_not_take_are_named() {
+        let (param, message) = open_param(
+            EMBEDDER,
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+        );
+        assert_eq!(param.as_deref(), Some("messages"));
+        assert!(
+            message.contains(
+                "does not do chat; it serves feature-extraction, zero-shot-classification"
+            ),
+            "{message}"
+        );
+        let cases = [
+            (
+                EMBEDDER,
+                json!({"text": "x", "params": {"candidate_labels": []}}),
+                "params.candidate_labels",
+            ),
+            (
+                EMBEDDER,
+                json!({"text": "x", "params": {"multi_label": true}}),
+                "params.candidate_labels",
+            ),
+            (
+                EMBEDDER,
+                json!({"text": "x", "params": {"candidate_labels": ["a", ""]}}),
+                "params.candidate_labels[1]",
+            ),
+            (
+                EMBEDDER,
+                json!({"text": "x", "params": {"candidate_labels": ["a", "b", "a"]}}),
+                "params.candidate_labels[2]",
+            ),
+            (
+                EMBEDDER,
+                json!({"params": {"candidate_labels": ["a"]}}),
+                "text",
+            ),
+            (
+                EMBEDDER,
+                json!({"inputs": ["x"], "params": {"candidate_labels": ["a"]}}),
+                "inputs",
+            ),
+            (
+                EMBEDDER,
+                json!({"text": "x", "params": {"temperature": 0.5}}),
+                "params.temperature",
+            ),
+            (EMBEDDER, json!({"text": "x", "stream": true}), "stream"),
+            (
+                EMBEDDER,
+                json!({"text": "x", "tools": [{"type": "function", "function": {"name": "f"}}]}),
+                "tools",
+            ),
+            (EMBEDDER, json!({"text": "x", "inputs": "y"}), "text"),
+            (EMBEDDER, json!({"inputs": [[1, 2]]}), "inputs"),
+            (EMBEDDER, json!({"inputs": []}), "inputs"),
+            (EMBEDDER, json!({}), "inputs"),
+            (EMBEDDER, json!({"text": ""}), "text"),
+            (
+                CHATTER,
+                json!({"text": "x", "params": {"candidate_labels": ["a"]}}),
+                "params.candidate_labels",
+            ),
+            (CHATTER, json!({"inputs": "x"}), "inputs"),
+            (
+                "openai/gpt-4o-mini",
+                json!({"text": "x", "params": {"candidate_labels": ["a"]}}),
+                "params.candidate_labels",
+            ),
+        ];
+        for (model, body, want) in cases {
+            let (param, message) = open_param(model, body.clone());
+            assert_eq!(param.as_deref(), Some(want), "{model} {body}: {message}");
+        }
+        let (_, message) = open_param(
+            CHATTER,
+            json!({"text": "x", "params": {"candidate_labels": ["a"]}}),
+        );
+        assert!(
+            message.contains("zero-shot-classification") && message.contains("it serves chat"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn task_answers_are_checked_and_shaped() {
+        let out = task_output_body(
+            TaskOutput::ZeroShotClassification {
+                labels: vec!["sport".into(), "cooking".into()],
+                scores: vec![0.75, 0.25],
+            },
+            Expected::Labels(2),
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&out).unwrap(),
+            json!({"labels": ["sport", "cooking"], "scores": [0.75, 0.25]})
+        );
+        assert!(
+            task_output_body(
+                TaskOutput::ZeroShotClassification {
+                    labels: vec!["sport".into()],
+                    scores: vec![1.0],
+                },
+                Expected::Labels(2),
+            )
+            .is_err()
+        );
+        assert!(
+            task_output_body(
+                TaskOutput::FeatureExtraction {
+                    embeddings: vec![vec![1.0]]
+                },
+                Expected::Labels(1),
+            )
+            .is_err()
+        );
+        let out = task_output_body(
+            TaskOutput::FeatureExtraction {
+                embeddings: vec![vec![0.5, 1.0]],
+            },
+            Expected::Embeddings(1),
+        )
+        .unwrap();
+        let answer = TaskAnswer {
+            output: out,
+            provider: Some("switchyard"),
+            model: EMBEDDER,
+            served_model: None,
+            usage: Some(json!({"input_tokens": 3, "output_tokens": 0})),
+            error: (),
+            request_id: "r".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&answer).unwrap(),
+            json!({"output": {"embeddings": [[0.5, 1.0]]}, "provider": "switchyard",
+                   "model": EMBEDDER, "served_model": null,
+                   "usage": {"input_tokens": 3, "output_tokens": 0}, "error": null, "request_id": "r"})
+        );
     }
 
     #[test]

@@ -418,40 +418,84 @@ async fn models_and_catalog_are_listed_for_authenticated_callers() {
         .unwrap();
     assert_eq!(models["object"], "list");
     let data = models["data"].as_array().unwrap();
+    let catalog = schemas::catalog::Catalog::embedded().unwrap();
+    assert_eq!(data.len(), catalog.models.len());
     let owners: std::collections::BTreeSet<&str> = data
         .iter()
         .map(|m| m["owned_by"].as_str().unwrap())
         .collect();
     assert_eq!(
         owners,
-        ["anthropic", "google", "openai"].into_iter().collect()
+        ["anthropic", "google", "openai", "switchyard"]
+            .into_iter()
+            .collect()
     );
     assert!(
         data.iter()
             .any(|m| m["id"] == "anthropic/claude-sonnet-4-5" && m["object"] == "model")
     );
-
-    let chat: Value = get("/v1/catalog?task=chat", true)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let chat = chat["models"].as_array().unwrap();
-    assert_eq!(chat.len(), data.len());
-    assert!(
-        chat.iter()
-            .all(|m| m["task"] == "chat" && m["kind"] == "closed")
+    let open: std::collections::BTreeSet<&str> = data
+        .iter()
+        .filter(|m| m["owned_by"] == "switchyard")
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        open,
+        [
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "sentence-transformers/all-MiniLM-L6-v2"
+        ]
+        .into_iter()
+        .collect()
     );
-    let embeddings: Value = get("/v1/catalog?task=feature-extraction", true)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
+
+    let catalog_of = |path: &'static str| {
+        let request = get(path, true);
+        async move {
+            let v: Value = request.send().await.unwrap().json().await.unwrap();
+            v["models"].as_array().unwrap().clone()
+        }
+    };
+    // Chat: every closed model, and the open chat model.
+    let chat = catalog_of("/v1/catalog?task=chat").await;
+    assert_eq!(chat.len(), data.len() - 1);
+    assert!(chat.iter().all(|m| m["task"] == "chat"));
+    let smol = chat
+        .iter()
+        .find(|m| m["id"] == "HuggingFaceTB/SmolLM2-135M-Instruct")
         .unwrap();
-    assert_eq!(embeddings["models"], json!([]));
+    assert_eq!(smol["kind"], "open");
+    assert_eq!(smol["owner"], "switchyard");
+    assert_eq!(smol["instance_type"], "cpu");
+    assert_eq!(smol["other_tasks"], json!([]));
+    let gpt = chat
+        .iter()
+        .find(|m| m["id"] == "openai/gpt-4o-mini")
+        .unwrap();
+    assert_eq!(gpt["kind"], "closed");
+    assert_eq!(gpt["instance_type"], Value::Null);
+    assert_eq!(
+        chat.iter().filter(|m| m["kind"] == "closed").count(),
+        data.len() - 2
+    );
+    // A model matches its main task and its other tasks.
+    for path in [
+        "/v1/catalog?task=feature-extraction",
+        "/v1/catalog?task=zero-shot-classification",
+    ] {
+        let models = catalog_of(path).await;
+        assert_eq!(models.len(), 1, "{path}");
+        let minilm = &models[0];
+        assert_eq!(minilm["id"], "sentence-transformers/all-MiniLM-L6-v2");
+        assert_eq!(minilm["task"], "feature-extraction");
+        assert_eq!(minilm["other_tasks"], json!(["zero-shot-classification"]));
+        assert_eq!(minilm["kind"], "open");
+        assert_eq!(minilm["instance_type"], "cpu");
+    }
+    assert_eq!(
+        catalog_of("/v1/catalog?task=text-classification").await,
+        Vec::<Value>::new()
+    );
     let (status, body) =
         error_of(get("/v1/catalog?task=juggling", true).send().await.unwrap()).await;
     assert_eq!(status, 400);

@@ -459,8 +459,9 @@ async fn bad_input_gets_4xx_naming_the_field() {
             "not_found",
             json!("model"),
         ),
+        // An open-model id the catalog does not list.
         (
-            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "HuggingFaceTB/no-such-model",
             text.clone(),
             404,
             "not_found",

@@ -5,21 +5,19 @@
 //!   `translator`), opens the sealed body, calls the provider, acks after the reply is
 //!   out; poison messages are terminated and copied to the dead-letter stream.
 //! - [`providers`]: one module per provider's wire format: OpenAI, Anthropic, Gemini.
-//! - [`sink`]: numbered reply chunks to `reply.<ingress>.<request>`.
 //! - [`retry`]: provider calls are retried (backoff, `Retry-After`) before the first byte.
-//! - [`cancels`]: `cancel.<request>` from the ingress stops a running provider call.
+//! - `switchyard-worker` (shared with the inference workers): the pull loop, opening
+//!   envelopes, dead letters, reply chunks, and `cancel.<request>` from the ingress.
 //! - [`metrics`]: Prometheus metrics, served with `/healthz` on `TRANSLATOR_BIND`.
 //!
 //! Provider errors are answered to the caller (with `Retry-After` where the provider
 //! gave one) and the message is acked: the caller already has an answer, and running
 //! it again later would answer nobody.
 
-pub mod cancels;
 pub mod config;
 pub mod metrics;
 pub mod providers;
 pub mod retry;
-pub mod sink;
 pub mod worker;
 
 use std::sync::Arc;
@@ -105,11 +103,22 @@ pub async fn serve(
         .build()
         .map_err(Error::Http)?;
     let tracker = TaskTracker::new();
-    let cancels = cancels::Cancels::start(&client, &tracker, shutdown.clone())
+    let cancels = switchyard_worker::Cancels::start(&client, &tracker, shutdown.clone())
         .await
         .map_err(|e| Error::Consumer(format!("cannot subscribe to cancellations: {e}")))?;
+    let metrics = metrics::Metrics::default();
+    let intake = switchyard_worker::Intake {
+        client: client.clone(),
+        js: js.clone(),
+        seal,
+        stream: schemas::subjects::REQUESTS_STREAM.to_string(),
+        consumer: schemas::subjects::TRANSLATOR_CONSUMER.to_string(),
+        dead_letters: metrics.dead_letters.clone(),
+        expired: metrics.expired.clone(),
+    };
     let worker = Arc::new(worker::Worker {
         cancels,
+        intake,
         retry: config.retry_policy(),
         providers: providers::Providers {
             openai: providers::openai::OpenAi::new(http.clone(), &config.openai_base_url),
@@ -120,9 +129,7 @@ pub async fn serve(
             gemini: providers::gemini::Gemini::new(http.clone(), &config.gemini_base_url),
         },
         client,
-        js,
-        seal,
-        metrics: metrics::Metrics::default(),
+        metrics,
     });
     let health = Arc::new(Health {
         worker: worker.clone(),

@@ -17,10 +17,7 @@ pub struct ProviderLabels {
     pub provider: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: String,
-}
+pub use switchyard_worker::ReasonLabels;
 
 #[derive(Debug)]
 pub struct Metrics {

@@ -1,39 +1,30 @@
 //! The consumer loop and the handling of one request message.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use chrono::Utc;
-use futures::StreamExt;
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use schemas::subjects::{self, ModelRoute, Provider};
-use schemas::{ErrorBody, ErrorKind, RequestEnvelope, SealKey, SealedRequest};
-use tokio::sync::Semaphore;
+use schemas::{ErrorBody, ErrorKind, RequestEnvelope, SealedRequest};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::cancels::Cancels;
-use crate::metrics::{Metrics, OutcomeLabels, ProviderLabels, ReasonLabels};
+use crate::metrics::{Metrics, OutcomeLabels, ProviderLabels};
 use crate::providers::{Failure, Providers};
 use crate::retry::{Retries, RetryPolicy};
-use crate::sink::ChunkSink;
+use switchyard_worker::{Cancels, ChunkSink, Intake, Received, Supervised};
 
 /// Shared by every request this process handles.
 #[derive(Debug)]
 pub struct Worker {
     pub client: async_nats::Client,
-    pub js: jetstream::Context,
-    pub seal: SealKey,
+    pub intake: Intake,
     pub providers: Providers,
     pub metrics: Metrics,
     pub cancels: Cancels,
     pub retry: RetryPolicy,
 }
-
-/// While a request runs, its message is marked in progress this often so JetStream
-/// does not redeliver it mid-stream (the consumer's ack wait is 30 s).
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Pulls from the translator consumer until `shutdown`, at most `concurrency` at once.
 pub async fn consume(
@@ -43,121 +34,33 @@ pub async fn consume(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::Error> {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(concurrency)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await?;
-    loop {
-        // Take a permit first, so at most `concurrency` requests run at once (the pull
-        // stream prefetches at most one batch beyond them).
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p?,
-            () = shutdown.cancelled() => break,
-        };
-        let next = tokio::select! {
-            m = messages.next() => m,
-            () = shutdown.cancelled() => break,
-        };
-        match next {
-            Some(Ok(message)) => {
-                let worker = worker.clone();
-                tracker.spawn(async move {
-                    handle(&worker, message).await;
-                    drop(permit);
-                });
-            }
-            Some(Err(e)) => {
-                // Missed heartbeats and the like: the stream recovers by itself. Pause
-                // briefly so a lasting fault does not spin.
-                tracing::warn!(error = %e, "pull error");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    () = shutdown.cancelled() => break,
-                }
-            }
-            None => break,
-        }
-    }
-    Ok(())
-}
-
-async fn dead_letter(
-    worker: &Worker,
-    message: &jetstream::Message,
-    reason: &str,
-    request_id: Option<String>,
-) {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(schemas::headers::DEAD_LETTER_REASON, reason);
-    headers.insert(
-        schemas::headers::DEAD_LETTER_SOURCE,
-        format!(
-            "{}/{}",
-            subjects::REQUESTS_STREAM,
-            subjects::TRANSLATOR_CONSUMER
-        )
-        .as_str(),
-    );
-    if let Some(id) = request_id {
-        headers.insert(schemas::headers::REQUEST_ID, id.as_str());
-    }
-    let subject = subjects::dead_letter(subjects::REQUESTS_STREAM, subjects::TRANSLATOR_CONSUMER);
-    // The payload stays as published (sealed), so nothing secret lands in the clear.
-    let stored = match worker
-        .js
-        .publish_with_headers(subject, headers, message.payload.clone())
-        .await
-    {
-        Ok(ack) => ack.await.is_ok(),
-        Err(_) => false,
-    };
-    worker
-        .metrics
-        .dead_letters
-        .get_or_create(&ReasonLabels {
-            reason: reason.split(':').next().unwrap_or(reason).to_string(),
-        })
-        .inc();
-    if stored {
-        let _ = message.ack_with(AckKind::Term).await;
-        tracing::warn!(reason, "message dead-lettered");
-    } else {
-        // Keep the message: it is redelivered and dead-lettered once JetStream is back.
-        let _ = message
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-            .await;
-        tracing::error!(
-            reason,
-            "cannot dead-letter a message; it will be redelivered"
-        );
-    }
+    switchyard_worker::consume(consumer, concurrency, tracker, shutdown, move |message| {
+        let worker = worker.clone();
+        async move { handle(&worker, message).await }
+    })
+    .await
 }
 
 /// Handles one message; always acks, naks or terminates it.
 async fn handle(worker: &Worker, message: jetstream::Message) {
-    let envelope: RequestEnvelope = match schemas::decode(&message.payload) {
-        Ok(e) => e,
-        Err(e) => {
-            return dead_letter(
-                worker,
-                &message,
-                &format!("undecodable envelope: {e}"),
-                None,
-            )
-            .await;
-        }
+    let Some(Received {
+        envelope,
+        sealed,
+        mut sink,
+        traceparent,
+    }) = worker
+        .intake
+        .receive(&message, |envelope| {
+            match subjects::route_model(&envelope.model) {
+                Ok(ModelRoute::Closed { provider, .. }) => provider.as_str(),
+                // Not ours to run; answered below, as the OpenAI-compatible provider.
+                _ => Provider::OpenAi.as_str(),
+            }
+        })
+        .await
+    else {
+        return;
     };
-    // The caller's W3C trace context, carried in a header by the ingress.
-    let traceparent = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(schemas::headers::TRACEPARENT))
-        .map(|v| v.as_str().to_string())
-        .filter(|v| schemas::headers::is_traceparent(v));
     let span = tracing::info_span!(
         "request",
         request_id = %envelope.request_id,
@@ -168,47 +71,7 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
         let route = subjects::route_model(&envelope.model);
         let provider = match &route {
             Ok(ModelRoute::Closed { provider, .. }) => *provider,
-            // Not ours to run; say so below, as the OpenAI-compatible provider.
             _ => Provider::OpenAi,
-        };
-        let mut sink = ChunkSink::new(
-            worker.client.clone(),
-            envelope.reply.subject().to_string(),
-            envelope.request_id,
-            provider.as_str(),
-        );
-        let id = Some(envelope.request_id.to_string());
-        if envelope.schema_version > schemas::SCHEMA_VERSION {
-            let reason = format!(
-                "schema version {} is newer than this translator's {}",
-                envelope.schema_version,
-                schemas::SCHEMA_VERSION
-            );
-            let _ = sink.fail(ErrorBody::new(ErrorKind::Internal, reason.clone())).await;
-            return dead_letter(worker, &message, &reason, id).await;
-        }
-        if envelope.deadline < Utc::now() {
-            worker.metrics.expired.inc();
-            tracing::info!("deadline passed before the request was run; dropped");
-            let _ = sink
-                .fail(ErrorBody::new(ErrorKind::Timeout, "the request waited past its deadline and was not run"))
-                .await;
-            let _ = message.ack().await;
-            return;
-        }
-        let sealed: SealedRequest = match worker
-            .seal
-            .open(envelope.request_id, &envelope.body)
-            .map_err(|e| e.to_string())
-            .and_then(|plain| schemas::decode(&plain).map_err(|e| e.to_string()))
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = sink
-                    .fail(ErrorBody::new(ErrorKind::Internal, "this request cannot be opened by the worker"))
-                    .await;
-                return dead_letter(worker, &message, &format!("cannot open body: {e}"), id).await;
-            }
         };
         let outcome = match route {
             Ok(ModelRoute::Closed { provider, upstream_model }) if sealed.request.model == envelope.model => {
@@ -245,15 +108,7 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
             }
         }
         // Ack only after the reply reached the server.
-        match sink.flush().await {
-            Ok(()) => {
-                let _ = message.ack().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reply not flushed; redelivering");
-                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-            }
-        }
+        switchyard_worker::finish(&message, &sink).await;
     }
     .instrument(span)
     .await
@@ -288,9 +143,6 @@ async fn run(
         }
     }
     let cancel = worker.cancels.watch(envelope.request_id);
-    let remaining = (envelope.deadline - Utc::now())
-        .to_std()
-        .unwrap_or_default();
     let metrics = &worker.metrics;
     let call = async {
         let mut outcome = Ok(());
@@ -331,26 +183,21 @@ async fn run(
         }
         outcome
     };
-    tokio::pin!(call);
-    let mut progress = tokio::time::interval(PROGRESS_EVERY);
-    progress.tick().await;
-    let deadline = tokio::time::sleep(remaining);
-    tokio::pin!(deadline);
-    let result = loop {
-        tokio::select! {
-            result = &mut call => break result,
-            _ = progress.tick() => {
-                let _ = message.ack_with(AckKind::Progress).await;
-            }
-            () = cancel.token.cancelled() => {
+    let result =
+        match switchyard_worker::supervise(message, &cancel.token, envelope.deadline, call).await {
+            Supervised::Done(result) => result,
+            Supervised::Cancelled => {
                 tracing::info!("cancelled by the caller");
-                break Err(Failure::Reply(ErrorBody::new(ErrorKind::InvalidRequest, "cancelled by the caller")));
+                Err(Failure::Reply(ErrorBody::new(
+                    ErrorKind::InvalidRequest,
+                    "cancelled by the caller",
+                )))
             }
-            () = &mut deadline => {
-                break Err(Failure::Reply(ErrorBody::new(ErrorKind::Timeout, "the provider did not finish before the request deadline")));
-            }
-        }
-    };
+            Supervised::DeadlinePassed => Err(Failure::Reply(ErrorBody::new(
+                ErrorKind::Timeout,
+                "the provider did not finish before the request deadline",
+            ))),
+        };
     drop(cancel);
     result
 }

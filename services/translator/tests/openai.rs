@@ -322,6 +322,7 @@ async fn a_fallback_model_answers_when_the_first_fails_before_the_first_byte() {
                 request,
                 provider_key: Some(PROVIDER_KEY.into()),
                 provider_keys: [("anthropic".to_string(), PROVIDER_KEY.to_string())].into(),
+                task: None,
             },
             chrono::Duration::seconds(30),
         )

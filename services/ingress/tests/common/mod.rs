@@ -1,6 +1,7 @@
 //! The harness every ingress integration test shares: a real nats-server with the
 //! definitions applied and the ingress itself; the test plays the worker by pulling the
-//! translator's consumer and publishing reply chunks.
+//! translator's consumer (closed models) or a stand-in inference consumer on
+//! `req.open.>` (open models) and publishing reply chunks.
 
 #![allow(
     clippy::unwrap_used,
@@ -12,7 +13,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
 use futures::StreamExt;
 use schemas::{ReplyChunk, RequestEnvelope, SealKey, SealedRequest};
 use switchyard_ingress::Config;
@@ -22,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 /// The dev API key every harness ingress accepts.
 pub const API_KEY: &str = "sy-test-key";
+
+/// The durable consumer the tests' stand-in inference worker pulls open-model
+/// requests from (every model: `req.open.>`).
+pub const OPEN_CONSUMER: &str = "test-inference";
 
 pub struct Harness {
     _nats: NatsServer,
@@ -108,7 +113,50 @@ impl Harness {
 
     /// Takes the next request off the translator's consumer, as a worker would.
     pub async fn take_request(&self) -> (jetstream::Message, RequestEnvelope, SealedRequest) {
-        let consumer = self.translator_consumer().await;
+        self.take_from(self.translator_consumer().await).await
+    }
+
+    /// The stand-in inference worker's consumer (`req.open.>`), made on first use. The
+    /// stream keeps requests until they are acked, so it sees those published before.
+    pub async fn open_consumer(&self) -> PullConsumer {
+        self.js
+            .get_stream("REQUESTS")
+            .await
+            .unwrap()
+            .get_or_create_consumer(
+                OPEN_CONSUMER,
+                pull::Config {
+                    durable_name: Some(OPEN_CONSUMER.into()),
+                    filter_subject: "req.open.>".into(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Takes the next open-model request, as an inference worker would.
+    pub async fn take_open_request(&self) -> (jetstream::Message, RequestEnvelope, SealedRequest) {
+        self.take_from(self.open_consumer().await).await
+    }
+
+    /// Requests waiting for the translator and for the inference workers.
+    pub async fn pending(&self) -> (u64, u64) {
+        let mut closed = self.translator_consumer().await;
+        let mut open = self.open_consumer().await;
+        (
+            closed.info().await.unwrap().num_pending,
+            open.info().await.unwrap().num_pending,
+        )
+    }
+
+    /// Fetches one message from `consumer` and opens its sealed body with the
+    /// ingress's key.
+    async fn take_from(
+        &self,
+        consumer: PullConsumer,
+    ) -> (jetstream::Message, RequestEnvelope, SealedRequest) {
         let mut batch = consumer
             .fetch()
             .max_messages(1)

@@ -22,6 +22,7 @@ import pytest
 from conftest import make_client
 
 MODEL = "openai/gpt-4o-mini"
+EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 MOCK_CHUNKS = 4
 # One model per provider: the same SDK call reaches OpenAI's, Anthropic's and Gemini's
 # wire formats (each mock speaks its provider's own), switching only the model id.
@@ -237,8 +238,66 @@ def test_a_caller_who_leaves_mid_stream_closes_the_upstream_call(sy, client):
 def test_models_list_names_every_provider(client):
     models = client.models.list()
     owners = {m.owned_by for m in models.data}
-    assert owners == {"openai", "anthropic", "google"}
+    # Closed models by provider; open models (our own workers) as "switchyard".
+    assert owners == {"openai", "anthropic", "google", "switchyard"}
     assert set(MODELS) <= {m.id for m in models.data}
+    open_models = {m.id for m in models.data if m.owned_by == "switchyard"}
+    assert {EMBEDDER, "HuggingFaceTB/SmolLM2-135M-Instruct"} <= open_models
+
+
+# --- embeddings: the 4xx paths, which need no inference worker ------------------------
+# (The SDK sends encoding_format="base64" unless told otherwise; answers are tested in
+# the Rust suite against a stand-in worker, and end to end once the worker lands.)
+
+
+def test_embeddings_to_a_chat_model_is_a_400_saying_why(client):
+    for model in ("openai/gpt-4o-mini", "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.embeddings.create(model=model, input="hello")
+        assert err.value.status_code == 400
+        assert err.value.param == "model"
+        assert "does not do feature-extraction" in err.value.message, err.value.message
+        assert EMBEDDER in err.value.message, "the error names a model that does"
+
+
+def test_embeddings_of_an_unknown_open_model_is_a_404(client):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.embeddings.create(model="acme/no-such-embedder", input="hello")
+    assert err.value.code == "model_not_found"
+    assert "GET /v1/models" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "bad, param",
+    [
+        ([[101, 7592, 102]], "input"),  # token ids: only text is accepted
+        ([101, 7592, 102], "input"),
+        ([], "input"),
+        (["fine", ""], "input[1]"),
+    ],
+)
+def test_embeddings_refuse_what_is_not_text(client, bad, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model=EMBEDDER, input=bad)
+    assert err.value.param == param, err.value.message
+
+
+def test_embeddings_refuse_a_bad_encoding_format_and_zero_dimensions(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model=EMBEDDER, input="x", extra_body={"encoding_format": "int8"})
+    assert err.value.param == "encoding_format"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model=EMBEDDER, input="x", dimensions=0)
+    assert err.value.param == "dimensions"
+
+
+def test_chat_to_the_embedder_is_a_400_naming_what_it_serves(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=EMBEDDER, messages=conversation("hi"))
+    assert (
+        f"the model '{EMBEDDER}' does not do chat; it serves feature-extraction, zero-shot-classification"
+        in err.value.message
+    )
 
 
 def test_metrics_endpoint(sy):

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{Events, Failure, kind_for_status, read_json, scrub, send};
-use crate::sink::ChunkSink;
+use switchyard_worker::ChunkSink;
 
 pub const PROVIDER: &str = "anthropic";
 
@@ -357,6 +357,9 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Result<Value
     if let Some(t) = p.top_p {
         body["top_p"] = json!(t);
     }
+    if let Some(k) = p.top_k {
+        body["top_k"] = json!(k);
+    }
     if !p.stop.is_empty() {
         body["stop_sequences"] = json!(p.stop);
     }
@@ -657,6 +660,7 @@ mod tests {
             params: Params {
                 temperature: Some(0.5),
                 top_p: Some(0.9),
+                top_k: Some(40),
                 stop: vec!["END".into()],
                 seed: Some(7),
                 presence_penalty: Some(0.1),
@@ -715,6 +719,7 @@ mod tests {
         );
         assert_eq!(body["temperature"], 0.5);
         assert_eq!(body["top_p"], 0.9);
+        assert_eq!(body["top_k"], 40);
         assert_eq!(body["stop_sequences"], json!(["END"]));
         assert_eq!(body["metadata"], json!({"user_id": "u-1"}));
         for dropped in [

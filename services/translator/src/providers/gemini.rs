@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{Events, Failure, kind_for_status, read_json, scrub, send};
-use crate::sink::ChunkSink;
+use switchyard_worker::ChunkSink;
 
 /// How the provider is named in messages to the caller.
 pub const PROVIDER: &str = "gemini";
@@ -422,6 +422,9 @@ pub fn request_body(request: &ChatRequest) -> Result<Value, ErrorBody> {
     if let Some(t) = p.top_p {
         config.insert("topP".into(), json!(t));
     }
+    if let Some(k) = p.top_k {
+        config.insert("topK".into(), json!(k));
+    }
     if let Some(n) = p.max_tokens {
         config.insert("maxOutputTokens".into(), json!(n));
     }
@@ -702,6 +705,7 @@ mod tests {
         request.params = Params {
             temperature: Some(0.5),
             top_p: Some(0.9),
+            top_k: Some(40),
             max_tokens: Some(10),
             stop: vec!["x".into()],
             seed: Some(7),
@@ -760,7 +764,7 @@ mod tests {
         );
         assert_eq!(
             body["generationConfig"],
-            json!({"temperature": 0.5, "topP": 0.9, "maxOutputTokens": 10,
+            json!({"temperature": 0.5, "topP": 0.9, "topK": 40, "maxOutputTokens": 10,
                    "stopSequences": ["x"], "seed": 7, "presencePenalty": 0.1,
                    "frequencyPenalty": 0.2})
         );

@@ -13,7 +13,7 @@ use schemas::subjects::Provider;
 use schemas::{ChatRequest, ErrorBody, ErrorKind};
 use serde::de::DeserializeOwned;
 
-use crate::sink::{ChunkSink, SendError};
+use switchyard_worker::{ChunkSink, SendError};
 
 /// How a provider call ended when it did not succeed.
 #[derive(Debug)]
@@ -50,7 +50,7 @@ impl Providers {
         on_first_byte: impl FnOnce(),
     ) -> Result<(), Failure> {
         sink.set_dropped_params(match provider {
-            Provider::OpenAi => Vec::new(),
+            Provider::OpenAi => openai::dropped_params(&request.params),
             Provider::Anthropic => anthropic::dropped_params(&request.params),
             Provider::Google => gemini::dropped_params(&request.params),
         });

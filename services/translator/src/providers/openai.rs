@@ -8,9 +8,18 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Events, Failure, kind_for_status, read_json, scrub, send};
-use crate::sink::ChunkSink;
+use switchyard_worker::ChunkSink;
 
 pub const PROVIDER: &str = "openai";
+
+/// The parameters of `params` OpenAI's chat API has no field for.
+pub fn dropped_params(params: &schemas::Params) -> Vec<String> {
+    if params.top_k.is_some() {
+        vec!["top_k".to_string()]
+    } else {
+        Vec::new()
+    }
+}
 
 /// The OpenAI client of one translator process (one connection pool).
 #[derive(Debug, Clone)]

@@ -116,6 +116,7 @@ impl Harness {
                 request,
                 provider_key: Some(key.into()),
                 provider_keys: Default::default(),
+                task: None,
             },
             deadline_in,
         )

@@ -1,7 +1,7 @@
 //! Sends a request's reply chunks, numbered, to its reply subject.
 
 use bytes::Bytes;
-use schemas::{Delta, ErrorBody, FinishReason, ReplyChunk, Usage};
+use schemas::{Delta, ErrorBody, FinishReason, ReplyChunk, TaskOutput, Usage};
 use uuid::Uuid;
 
 /// The reply stream of one request. Chunks go out over core NATS in order (one
@@ -77,6 +77,25 @@ impl ChunkSink {
         if self.seq == 0 {
             chunk.provider = Some(self.provider.to_string());
             chunk.model = served_model.map(str::to_string);
+            chunk.dropped_params = self.dropped_params.clone();
+        }
+        self.publish(&chunk).await
+    }
+
+    /// Sends a task's whole result as the last chunk.
+    pub async fn send_output(
+        &mut self,
+        output: TaskOutput,
+        usage: Usage,
+        served_model: &str,
+    ) -> Result<(), SendError> {
+        let mut chunk = ReplyChunk::new(self.request_id, self.seq);
+        chunk.output = Some(output);
+        chunk.usage = Some(usage);
+        chunk.last = true;
+        if self.seq == 0 {
+            chunk.provider = Some(self.provider.to_string());
+            chunk.model = Some(served_model.to_string());
             chunk.dropped_params = self.dropped_params.clone();
         }
         self.publish(&chunk).await

@@ -1,0 +1,305 @@
+//! What every Switchyard worker (the translator for closed models, the inference
+//! instances for open ones) shares, so both halves behave the same way:
+//!
+//! - [`consume`]: the pull loop, at most `concurrency` requests at once;
+//! - [`Intake::receive`]: decode the envelope, check its schema version and deadline,
+//!   open the sealed body; poison messages are terminated and copied to the dead-letter
+//!   stream with the reason ([`Intake::dead_letter`]);
+//! - [`supervise`]: runs a request while marking its message in progress, watching
+//!   for the caller's cancellation and the request's deadline;
+//! - [`finish`]: acks only after the reply reached the server;
+//! - [`sink`]: numbered reply chunks to `reply.<ingress>.<request>`;
+//! - [`cancels`]: one `cancel.*` subscription per process.
+
+pub mod cancels;
+pub mod sink;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use chrono::Utc;
+use futures::StreamExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use schemas::{ErrorBody, ErrorKind, RequestEnvelope, SealKey, SealedRequest};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use cancels::{Cancels, Watch};
+pub use sink::{ChunkSink, SendError};
+
+/// While a request runs, its message is marked in progress this often so JetStream
+/// does not redeliver it mid-stream (consumers' ack wait is 30 s).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Label of the dead-letter counter: the reason up to its first `:`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// Pulls from `consumer` until `shutdown`, running `handle` on each message with at
+/// most `concurrency` in flight.
+pub async fn consume<H, F>(
+    consumer: PullConsumer,
+    concurrency: usize,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+    handle: H,
+) -> Result<(), async_nats::Error>
+where
+    H: Fn(jetstream::Message) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(concurrency)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    loop {
+        // Take a permit first, so at most `concurrency` requests run at once (the pull
+        // stream prefetches at most one batch beyond them).
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p?,
+            () = shutdown.cancelled() => break,
+        };
+        let next = tokio::select! {
+            m = messages.next() => m,
+            () = shutdown.cancelled() => break,
+        };
+        match next {
+            Some(Ok(message)) => {
+                let run = handle(message);
+                tracker.spawn(async move {
+                    run.await;
+                    drop(permit);
+                });
+            }
+            Some(Err(e)) => {
+                // Missed heartbeats and the like: the stream recovers by itself. Pause
+                // briefly so a lasting fault does not spin.
+                tracing::warn!(error = %e, "pull error");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// A request taken off the stream and opened, ready to run.
+#[derive(Debug)]
+pub struct Received {
+    pub envelope: RequestEnvelope,
+    pub sealed: SealedRequest,
+    pub sink: ChunkSink,
+    /// The caller's W3C trace context, carried in a header by the ingress.
+    pub traceparent: Option<String>,
+}
+
+/// How a worker takes messages in: where poison goes and what it counts.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub seal: SealKey,
+    /// The stream the messages come from.
+    pub stream: String,
+    /// The durable consumer they are pulled through.
+    pub consumer: String,
+    /// Messages terminated and dead-lettered, by reason.
+    pub dead_letters: Family<ReasonLabels, Counter>,
+    /// Requests dropped because their deadline had passed.
+    pub expired: Counter,
+}
+
+impl Intake {
+    /// Decodes and opens `message`. `None` when the message was already dealt with
+    /// (dead-lettered, or answered as expired and acked). `provider` names who answers
+    /// (on the reply's first chunk), given the envelope.
+    pub async fn receive(
+        &self,
+        message: &jetstream::Message,
+        provider: impl FnOnce(&RequestEnvelope) -> &'static str,
+    ) -> Option<Received> {
+        let envelope: RequestEnvelope = match schemas::decode(&message.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                self.dead_letter(message, &format!("undecodable envelope: {e}"), None)
+                    .await;
+                return None;
+            }
+        };
+        let traceparent = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(schemas::headers::TRACEPARENT))
+            .map(|v| v.as_str().to_string())
+            .filter(|v| schemas::headers::is_traceparent(v));
+        let mut sink = ChunkSink::new(
+            self.client.clone(),
+            envelope.reply.subject().to_string(),
+            envelope.request_id,
+            provider(&envelope),
+        );
+        let id = Some(envelope.request_id.to_string());
+        if envelope.schema_version > schemas::SCHEMA_VERSION {
+            let reason = format!(
+                "schema version {} is newer than this worker's {}",
+                envelope.schema_version,
+                schemas::SCHEMA_VERSION
+            );
+            let _ = sink
+                .fail(ErrorBody::new(ErrorKind::Internal, reason.clone()))
+                .await;
+            self.dead_letter(message, &reason, id).await;
+            return None;
+        }
+        if envelope.deadline < Utc::now() {
+            self.expired.inc();
+            tracing::info!(request_id = %envelope.request_id, "deadline passed before the request was run; dropped");
+            let _ = sink
+                .fail(ErrorBody::new(
+                    ErrorKind::Timeout,
+                    "the request waited past its deadline and was not run",
+                ))
+                .await;
+            let _ = message.ack().await;
+            return None;
+        }
+        let sealed: SealedRequest = match self
+            .seal
+            .open(envelope.request_id, &envelope.body)
+            .map_err(|e| e.to_string())
+            .and_then(|plain| schemas::decode(&plain).map_err(|e| e.to_string()))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = sink
+                    .fail(ErrorBody::new(
+                        ErrorKind::Internal,
+                        "this request cannot be opened by the worker",
+                    ))
+                    .await;
+                self.dead_letter(message, &format!("cannot open body: {e}"), id)
+                    .await;
+                return None;
+            }
+        };
+        Some(Received {
+            envelope,
+            sealed,
+            sink,
+            traceparent,
+        })
+    }
+
+    /// Copies `message` (still sealed) to the dead-letter stream with `reason` and
+    /// terminates it; when the copy cannot be stored, naks it so it comes back.
+    pub async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        reason: &str,
+        request_id: Option<String>,
+    ) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(schemas::headers::DEAD_LETTER_REASON, reason);
+        headers.insert(
+            schemas::headers::DEAD_LETTER_SOURCE,
+            format!("{}/{}", self.stream, self.consumer).as_str(),
+        );
+        if let Some(id) = request_id {
+            headers.insert(schemas::headers::REQUEST_ID, id.as_str());
+        }
+        let subject = schemas::subjects::dead_letter(&self.stream, &self.consumer);
+        // The payload stays as published (sealed), so nothing secret lands in the clear.
+        let stored = match self
+            .js
+            .publish_with_headers(subject, headers, message.payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        self.dead_letters
+            .get_or_create(&ReasonLabels {
+                reason: reason.split(':').next().unwrap_or(reason).to_string(),
+            })
+            .inc();
+        if stored {
+            let _ = message.ack_with(AckKind::Term).await;
+            tracing::warn!(reason, "message dead-lettered");
+        } else {
+            // Keep the message: it is redelivered and dead-lettered once JetStream is back.
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+            tracing::error!(
+                reason,
+                "cannot dead-letter a message; it will be redelivered"
+            );
+        }
+    }
+}
+
+/// How a supervised request ended.
+#[derive(Debug)]
+pub enum Supervised<T> {
+    Done(T),
+    /// The caller asked to stop (`cancel.<request>`).
+    Cancelled,
+    /// The request's deadline passed first.
+    DeadlinePassed,
+}
+
+/// Runs `work` while marking `message` in progress every [`PROGRESS_EVERY`], until it
+/// finishes, `cancel` fires or `deadline` passes (dropping `work` in the latter cases).
+pub async fn supervise<T>(
+    message: &jetstream::Message,
+    cancel: &CancellationToken,
+    deadline: chrono::DateTime<Utc>,
+    work: impl Future<Output = T>,
+) -> Supervised<T> {
+    let remaining = (deadline - Utc::now()).to_std().unwrap_or_default();
+    tokio::pin!(work);
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.tick().await;
+    let deadline = tokio::time::sleep(remaining);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            result = &mut work => return Supervised::Done(result),
+            _ = progress.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+            () = cancel.cancelled() => return Supervised::Cancelled,
+            () = &mut deadline => return Supervised::DeadlinePassed,
+        }
+    }
+}
+
+/// Acks `message` once everything `sink` sent has reached the server; otherwise naks
+/// it for a quick redelivery.
+pub async fn finish(message: &jetstream::Message, sink: &ChunkSink) {
+    match sink.flush().await {
+        Ok(()) => {
+            let _ = message.ack().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reply not flushed; redelivering");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+    }
+}
