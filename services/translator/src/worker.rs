@@ -75,7 +75,7 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
         };
         let outcome = match route {
             Ok(ModelRoute::Closed { provider, upstream_model }) if sealed.request.model == envelope.model => {
-                run(worker, &message, &envelope, &sealed, provider, &upstream_model, &mut sink).await
+                run(worker, &message, &envelope, &sealed, (provider, &upstream_model), &mut sink, traceparent.as_deref()).await
             }
             _ => Err(Failure::Reply(ErrorBody::new(
                 ErrorKind::InvalidRequest,
@@ -86,6 +86,7 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
             Ok(()) => "ok".to_string(),
             Err(Failure::Reply(e)) => e.kind.as_str().to_string(),
             Err(Failure::Sink(_)) => "reply_failed".to_string(),
+            Err(Failure::HandedOff) => "handed_off".to_string(),
         };
         worker
             .metrics
@@ -106,6 +107,8 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
             Err(Failure::Sink(e)) => {
                 tracing::warn!(error = %e, "reply subject unusable");
             }
+            // The open model's worker answers the caller now.
+            Err(Failure::HandedOff) => {}
         }
         // Ack only after the reply reached the server.
         switchyard_worker::finish(&message, &sink).await;
@@ -121,23 +124,29 @@ async fn run(
     message: &jetstream::Message,
     envelope: &RequestEnvelope,
     sealed: &SealedRequest,
-    provider: Provider,
-    upstream_model: &str,
+    (provider, upstream_model): (Provider, &str),
     sink: &mut ChunkSink,
+    traceparent: Option<&str>,
 ) -> Result<(), Failure> {
-    // The model, then its fallbacks: each is tried (with retries) only while nothing
-    // has reached the caller.
+    // The model, then its closed fallbacks: each is tried here (with retries) only
+    // while nothing has reached the caller. From the first open-model fallback on, the
+    // rest is handed to the inference workers.
     let mut chain = vec![(provider, upstream_model.to_string())];
-    for model in &sealed.request.fallback_models {
+    let mut open_rest: &[String] = &[];
+    for (i, model) in sealed.request.fallback_models.iter().enumerate() {
         match subjects::route_model(model) {
             Ok(ModelRoute::Closed {
                 provider,
                 upstream_model,
             }) => chain.push((provider, upstream_model)),
-            _ => {
+            Ok(ModelRoute::Open { .. }) => {
+                open_rest = &sealed.request.fallback_models[i..];
+                break;
+            }
+            Err(e) => {
                 return Err(Failure::Reply(ErrorBody::new(
                     ErrorKind::InvalidRequest,
-                    format!("the fallback '{model}' is not a closed-model id"),
+                    format!("the fallback '{model}' is not a model id: {e}"),
                 )));
             }
         }
@@ -179,6 +188,26 @@ async fn run(
             match &outcome {
                 Err(Failure::Reply(_)) if !sink.started() => continue,
                 _ => break,
+            }
+        }
+        if matches!(outcome, Err(Failure::Reply(_))) && !sink.started() && !open_rest.is_empty() {
+            match worker
+                .intake
+                .hand_off(envelope, sealed, open_rest, traceparent)
+                .await
+            {
+                Ok(()) => {
+                    metrics
+                        .fallbacks
+                        .get_or_create(&ProviderLabels {
+                            provider: "switchyard".to_string(),
+                        })
+                        .inc();
+                    return Err(Failure::HandedOff);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hand the request to its open fallback")
+                }
             }
         }
         outcome

@@ -8,6 +8,8 @@
 //! - [`supervise`]: runs a request while marking its message in progress, watching
 //!   for the caller's cancellation and the request's deadline;
 //! - [`finish`]: acks only after the reply reached the server;
+//! - [`Intake::hand_off`]: passes a request that failed before its first byte to its
+//!   next fallback model, whichever half serves it (closed ↔ open);
 //! - [`sink`]: numbered reply chunks to `reply.<ingress>.<request>`;
 //! - [`cancels`]: one `cancel.*` subscription per process.
 
@@ -202,6 +204,69 @@ impl Intake {
             sink,
             traceparent,
         })
+    }
+
+    /// Passes the request to `rest[0]`, the next of its fallback models, by publishing it
+    /// again to that model's subject with the same request id, reply subject and
+    /// deadline (and `rest[1..]` as its fallbacks); the worker there answers the caller.
+    /// Only for a request nothing has reached the caller of yet. The caller's provider
+    /// keys move into `provider_keys` (by provider), so they serve whichever model is
+    /// primary next.
+    pub async fn hand_off(
+        &self,
+        envelope: &RequestEnvelope,
+        sealed: &SealedRequest,
+        rest: &[String],
+        traceparent: Option<&str>,
+    ) -> Result<(), String> {
+        use schemas::subjects::{self, ModelRoute};
+        let Some((next, after)) = rest.split_first() else {
+            return Err("no fallback model left".into());
+        };
+        let subject = match subjects::route_model(next).map_err(|e| e.to_string())? {
+            ModelRoute::Closed { provider, .. } => subjects::closed_request(provider),
+            ModelRoute::Open { token } => subjects::open_request(&token),
+        };
+        let mut sealed = sealed.clone();
+        if let Some(key) = sealed.provider_key.take()
+            && let Ok(ModelRoute::Closed { provider, .. }) =
+                subjects::route_model(&sealed.request.model)
+        {
+            sealed
+                .provider_keys
+                .entry(provider.as_str().to_string())
+                .or_insert(key);
+        }
+        sealed.request.model = next.clone();
+        sealed.request.fallback_models = after.to_vec();
+        let plain = schemas::encode(&sealed).map_err(|e| e.to_string())?;
+        let body = self
+            .seal
+            .seal(envelope.request_id, &plain)
+            .map_err(|e| e.to_string())?;
+        let handed = RequestEnvelope {
+            model: next.clone(),
+            body,
+            ..envelope.clone()
+        };
+        let payload = schemas::encode(&handed).map_err(|e| e.to_string())?;
+        let mut headers = async_nats::HeaderMap::new();
+        // One hand-off per (request, model): a retried publish is deduplicated.
+        headers.insert(
+            schemas::headers::MSG_ID,
+            format!("{}:{}", envelope.request_id, next).as_str(),
+        );
+        if let Some(tp) = traceparent {
+            headers.insert(schemas::headers::TRACEPARENT, tp);
+        }
+        self.js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(model = %next, "handed the request to its next fallback model");
+        Ok(())
     }
 
     /// Copies `message` (still sealed) to the dead-letter stream with `reason` and

@@ -22,6 +22,8 @@ pub enum Failure {
     Reply(ErrorBody),
     /// The reply subject is unusable; nothing more can reach the caller.
     Sink(SendError),
+    /// The request went on to an open-model fallback, whose worker answers.
+    HandedOff,
 }
 
 impl From<SendError> for Failure {

@@ -1,0 +1,591 @@
+//! Decoder-only language models (SmolLM2): chat with a KV cache, streamed token by
+//! token.
+//!
+//! One thread owns the ONNX Runtime session and runs every generation of this
+//! instance: each turn it takes new requests, then advances each running generation
+//! by one step (prefill for a new one, one token for the others), so concurrent
+//! streams share the instance fairly. A generation stops at an end-of-sequence token,
+//! a stop sequence, `max_tokens`, or when its caller goes away (the event receiver is
+//! dropped, e.g. on cancellation).
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use ndarray::Array2;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use schemas::{FinishReason, Message, Role};
+use serde::Deserialize;
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc as tokio_mpsc;
+
+use crate::metrics::Metrics;
+
+/// `generation.json`, written by the model's converter.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GenerationConfig {
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    /// The model's own chat template (Jinja), applied to the messages.
+    pub chat_template: String,
+    pub num_layers: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+}
+
+impl GenerationConfig {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read {} ({e}); build the models with `just models`",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text).map_err(|e| format!("{} is not valid: {e}", path.display()))
+    }
+}
+
+/// Sampling settings of one generation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Nucleus sampling mass (1 = off).
+    pub top_p: f32,
+    /// Keep the `top_k` likeliest tokens (0 = off).
+    pub top_k: usize,
+    pub seed: Option<u64>,
+}
+
+/// One generation to run.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    pub stop: Vec<String>,
+}
+
+/// What a generation reports, in order: text pieces, then `Done` or `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenEvent {
+    Text(String),
+    Done {
+        finish: FinishReason,
+        input_tokens: u64,
+        output_tokens: u64,
+    },
+    Failed(String),
+}
+
+struct Job {
+    request: GenRequest,
+    events: tokio_mpsc::UnboundedSender<GenEvent>,
+    queued: Instant,
+}
+
+/// Handle to the decoder thread; cheap to clone.
+#[derive(Clone)]
+pub struct Decoder {
+    jobs: mpsc::Sender<Job>,
+    tokenizer: Arc<Tokenizer>,
+    config: Arc<GenerationConfig>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder").finish_non_exhaustive()
+    }
+}
+
+impl Decoder {
+    pub fn start(
+        session: Session,
+        tokenizer: Tokenizer,
+        config: GenerationConfig,
+        metrics: Metrics,
+    ) -> Result<Self, String> {
+        let tokenizer = Arc::new(tokenizer);
+        let config = Arc::new(config);
+        let names = (0..config.num_layers)
+            .map(|i| {
+                [
+                    format!("past_key_values.{i}.key"),
+                    format!("past_key_values.{i}.value"),
+                    format!("present.{i}.key"),
+                    format!("present.{i}.value"),
+                ]
+            })
+            .collect();
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let mut engine = Engine {
+            session,
+            tokenizer: tokenizer.clone(),
+            config: config.clone(),
+            metrics,
+            names,
+        };
+        std::thread::Builder::new()
+            .name("decoder".into())
+            .spawn(move || engine.serve(&rx))
+            .map_err(|e| format!("cannot start the decoder thread: {e}"))?;
+        Ok(Self {
+            jobs,
+            tokenizer,
+            config,
+        })
+    }
+
+    /// The model's context length in tokens.
+    pub fn context_length(&self) -> usize {
+        self.config.context_length
+    }
+
+    /// The prompt tokens of a conversation, through the model's chat template.
+    pub fn prompt(&self, messages: &[Message]) -> Result<Vec<u32>, String> {
+        let text = render_chat(&self.config.chat_template, messages)?;
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| format!("tokenization failed: {e}"))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Starts a generation; its events arrive on the returned receiver. Dropping the
+    /// receiver stops it.
+    pub fn generate(&self, request: GenRequest) -> tokio_mpsc::UnboundedReceiver<GenEvent> {
+        let (events, rx) = tokio_mpsc::unbounded_channel();
+        let job = Job {
+            request,
+            events,
+            queued: Instant::now(),
+        };
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            let _ = job
+                .events
+                .send(GenEvent::Failed("the decoder has stopped".into()));
+        }
+        rx
+    }
+}
+
+/// Renders `messages` with the model's Jinja chat template, ending with the
+/// assistant's turn.
+pub fn render_chat(template: &str, messages: &[Message]) -> Result<String, String> {
+    let mut env = minijinja::Environment::new();
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    let tmpl = env
+        .template_from_str(template)
+        .map_err(|e| format!("the model's chat template does not parse: {e}"))?;
+    let messages: Vec<_> = messages
+        .iter()
+        .map(|m| {
+            let role = match m.role {
+                Role::System | Role::Developer => "system",
+                Role::User => "user",
+                Role::Assistant => "assistant",
+                Role::Tool => "tool",
+            };
+            minijinja::context! { role => role, content => m.joined_text() }
+        })
+        .collect();
+    tmpl.render(minijinja::context! { messages => messages, add_generation_prompt => true })
+        .map_err(|e| format!("the chat template failed: {e}"))
+}
+
+/// Picks the next token from `logits`.
+pub fn sample(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i as u32)
+    };
+    if s.temperature <= 0.0 || s.top_k == 1 {
+        return argmax();
+    }
+    let mut candidates: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l / s.temperature))
+        .collect();
+    if s.top_k > 0 && s.top_k < candidates.len() {
+        candidates.select_nth_unstable_by(s.top_k - 1, |a, b| b.1.total_cmp(&a.1));
+        candidates.truncate(s.top_k);
+    }
+    candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    let max = candidates.first().map_or(0.0, |c| c.1);
+    let mut probs: Vec<f32> = candidates.iter().map(|c| (c.1 - max).exp()).collect();
+    let total: f32 = probs.iter().sum();
+    for p in &mut probs {
+        *p /= total;
+    }
+    if s.top_p < 1.0 {
+        let mut mass = 0.0;
+        let mut keep = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            mass += p;
+            if mass >= s.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        let kept: f32 = probs.iter().sum();
+        for p in &mut probs {
+            *p /= kept;
+        }
+    }
+    let mut r: f32 = rng.random();
+    for (i, p) in probs.iter().enumerate() {
+        if r < *p {
+            return candidates[i].0;
+        }
+        r -= p;
+    }
+    candidates[probs.len().saturating_sub(1)].0
+}
+
+struct Running {
+    request: GenRequest,
+    events: tokio_mpsc::UnboundedSender<GenEvent>,
+    rng: StdRng,
+    /// The next tokens to feed: the prompt, then one generated token at a time.
+    feed: Vec<u32>,
+    /// Tokens already in the KV cache.
+    position: usize,
+    past: Vec<DynValue>,
+    generated: Vec<u32>,
+    /// Bytes of the decoded text already sent.
+    sent: usize,
+    started: Instant,
+}
+
+enum Step {
+    Continue,
+    Finished,
+}
+
+struct Engine {
+    session: Session,
+    tokenizer: Arc<Tokenizer>,
+    config: Arc<GenerationConfig>,
+    metrics: Metrics,
+    /// Per layer: past key, past value, present key, present value input/output names.
+    names: Vec<[String; 4]>,
+}
+
+impl Engine {
+    fn serve(&mut self, rx: &mpsc::Receiver<Job>) {
+        let mut running: Vec<Running> = Vec::new();
+        loop {
+            if running.is_empty() {
+                match rx.recv() {
+                    Ok(job) => running.push(self.admit(job)),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = rx.try_recv() {
+                running.push(self.admit(job));
+            }
+            let mut i = 0;
+            while i < running.len() {
+                match self.step(&mut running[i]) {
+                    Step::Continue => i += 1,
+                    Step::Finished => {
+                        running.swap_remove(i);
+                    }
+                }
+            }
+        }
+    }
+
+    fn admit(&self, job: Job) -> Running {
+        self.metrics
+            .queue_delay
+            .observe(job.queued.elapsed().as_secs_f64());
+        let seed = job
+            .request
+            .sampling
+            .seed
+            .unwrap_or_else(|| rand::rng().random());
+        Running {
+            feed: job.request.prompt.clone(),
+            request: job.request,
+            events: job.events,
+            rng: StdRng::seed_from_u64(seed),
+            position: 0,
+            past: Vec::new(),
+            generated: Vec::new(),
+            sent: 0,
+            started: Instant::now(),
+        }
+    }
+
+    fn finish(&self, r: &mut Running, finish: FinishReason) -> Step {
+        self.flush_text(r, true);
+        let _ = r.events.send(GenEvent::Done {
+            finish,
+            input_tokens: r.request.prompt.len() as u64,
+            output_tokens: r.generated.len() as u64,
+        });
+        Step::Finished
+    }
+
+    /// Sends the decoded text not yet sent. Unless `all`, holds back an incomplete
+    /// UTF-8 sequence and what could still become a stop sequence.
+    fn flush_text(&self, r: &mut Running, all: bool) -> bool {
+        let Ok(text) = self.tokenizer.decode(&r.generated, true) else {
+            return false;
+        };
+        let mut end = text.len();
+        if !all {
+            let hold = r
+                .request
+                .stop
+                .iter()
+                .map(|s| s.len())
+                .max()
+                .unwrap_or(1)
+                .saturating_sub(1);
+            end = end.saturating_sub(hold);
+            while end > r.sent && !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            if text[..end].ends_with('\u{FFFD}') {
+                end -= '\u{FFFD}'.len_utf8();
+            }
+        }
+        if end > r.sent {
+            let piece = text[r.sent..end].to_string();
+            r.sent = end;
+            return r.events.send(GenEvent::Text(piece)).is_ok();
+        }
+        true
+    }
+
+    fn step(&mut self, r: &mut Running) -> Step {
+        if r.events.is_closed() {
+            return Step::Finished;
+        }
+        let logits = match self.forward(r) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "generation step failed");
+                let _ = r.events.send(GenEvent::Failed(e));
+                return Step::Finished;
+            }
+        };
+        let token = sample(&logits, &r.request.sampling, &mut r.rng);
+        if r.generated.is_empty() {
+            self.metrics
+                .time_to_first_token
+                .observe(r.started.elapsed().as_secs_f64());
+        }
+        if self.config.eos_token_ids.contains(&token) {
+            return self.finish(r, FinishReason::Stop);
+        }
+        r.generated.push(token);
+        self.metrics.tokens.inc();
+        r.feed = vec![token];
+        if !r.request.stop.is_empty()
+            && let Ok(text) = self.tokenizer.decode(&r.generated, true)
+            && let Some(at) = r
+                .request
+                .stop
+                .iter()
+                .filter_map(|s| {
+                    text[r.sent.min(text.len())..]
+                        .find(s.as_str())
+                        .map(|i| i + r.sent)
+                })
+                .min()
+        {
+            if at > r.sent {
+                let _ = r.events.send(GenEvent::Text(text[r.sent..at].to_string()));
+            }
+            r.sent = text.len();
+            let _ = r.events.send(GenEvent::Done {
+                finish: FinishReason::Stop,
+                input_tokens: r.request.prompt.len() as u64,
+                output_tokens: r.generated.len() as u64,
+            });
+            return Step::Finished;
+        }
+        if r.generated.len() >= r.request.max_tokens as usize
+            || r.position + 1 >= self.config.context_length
+        {
+            return self.finish(r, FinishReason::Length);
+        }
+        if !self.flush_text(r, false) {
+            return Step::Finished;
+        }
+        Step::Continue
+    }
+
+    /// Runs the model on `r.feed`, updating its KV cache; returns the last position's
+    /// logits.
+    fn forward(&mut self, r: &mut Running) -> Result<Vec<f32>, String> {
+        let err = |e: ort::Error| format!("the model failed: {e}");
+        let n = r.feed.len();
+        let total = r.position + n;
+        let ids = Array2::from_shape_vec((1, n), r.feed.iter().map(|&t| i64::from(t)).collect())
+            .map_err(|e| e.to_string())?;
+        let mask = Array2::<i64>::ones((1, total));
+        let positions =
+            Array2::from_shape_vec((1, n), (r.position..total).map(|p| p as i64).collect())
+                .map_err(|e| e.to_string())?;
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
+            (
+                "input_ids".into(),
+                Tensor::from_array(ids).map_err(err)?.into(),
+            ),
+            (
+                "attention_mask".into(),
+                Tensor::from_array(mask).map_err(err)?.into(),
+            ),
+            (
+                "position_ids".into(),
+                Tensor::from_array(positions).map_err(err)?.into(),
+            ),
+        ];
+        let (heads, dim) = (self.config.num_kv_heads, self.config.head_dim);
+        if r.past.is_empty() {
+            for names in &self.names {
+                for name in &names[..2] {
+                    let empty =
+                        Tensor::<f32>::from_array(([1usize, heads, 0, dim], Vec::<f32>::new()))
+                            .map_err(err)?;
+                    inputs.push((name.as_str().into(), empty.into()));
+                }
+            }
+        } else {
+            for (names, pair) in self.names.iter().zip(r.past.chunks(2)) {
+                inputs.push((names[0].as_str().into(), (&pair[0]).into()));
+                inputs.push((names[1].as_str().into(), (&pair[1]).into()));
+            }
+        }
+        let mut outputs = self.session.run(inputs).map_err(err)?;
+        let logits = {
+            let view = outputs
+                .get("logits")
+                .ok_or("the model has no output logits")?
+                .try_extract_array::<f32>()
+                .map_err(err)?;
+            let shape = view.shape().to_vec();
+            if shape.len() != 3 || shape[2] != self.config.vocab_size {
+                return Err(format!("logits have shape {shape:?}"));
+            }
+            view.index_axis(ndarray::Axis(0), 0)
+                .index_axis(ndarray::Axis(0), n - 1)
+                .iter()
+                .copied()
+                .collect::<Vec<f32>>()
+        };
+        let mut past = Vec::with_capacity(self.names.len() * 2);
+        for names in &self.names {
+            for name in &names[2..] {
+                past.push(
+                    outputs
+                        .remove(name.as_str())
+                        .ok_or_else(|| format!("the model has no output {name}"))?,
+                );
+            }
+        }
+        r.past = past;
+        r.position = total;
+        Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_largest_logit() {
+        let s = Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: Some(1),
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(sample(&[0.1, 3.0, -2.0, 2.9], &s, &mut rng), 1);
+    }
+
+    #[test]
+    fn top_k_and_top_p_bound_the_choice() {
+        let logits = [5.0, 4.9, 0.0, -1.0, -3.0];
+        let mut rng = StdRng::seed_from_u64(7);
+        let k2 = Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 2,
+            seed: None,
+        };
+        let p = Sampling {
+            temperature: 1.0,
+            top_p: 0.5,
+            top_k: 0,
+            seed: None,
+        };
+        let mut seen_k = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            seen_k.insert(sample(&logits, &k2, &mut rng));
+            assert_eq!(
+                sample(&logits, &p, &mut rng),
+                0,
+                "top_p 0.5 keeps only the first"
+            );
+        }
+        assert_eq!(seen_k.into_iter().collect::<Vec<_>>(), vec![0, 1]);
+    }
+
+    #[test]
+    fn same_seed_same_choices() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let s = Sampling {
+            temperature: 1.0,
+            top_p: 0.95,
+            top_k: 20,
+            seed: Some(3),
+        };
+        let run = || {
+            let mut rng = StdRng::seed_from_u64(3);
+            (0..20)
+                .map(|_| sample(&logits, &s, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn the_chat_template_is_applied() {
+        let template = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nDefault<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+        let text = render_chat(template, &[Message::text(Role::User, "Hi")]).unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>system\nDefault<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let bad = render_chat("{{ raise_exception('no') }}", &[]).unwrap_err();
+        assert!(bad.contains("no"), "{bad}");
+    }
+}
