@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Start the whole local Switchyard stack: nats-server, `switchyard-nats apply`, the mock
-provider, the translator and the ingress (and, for `just up`, make sure Postgres is up and
+provider, the translator, one inference instance per built open model, and the ingress (and, for `just up`, make sure Postgres is up and
 migrated with `switchyard-admin migrate`; the ingress then checks accounts' API keys there).
 
 One module, three callers, so the start-up logic exists once:
@@ -46,6 +46,9 @@ MOCK_API_KEY_UP = "sk-mock-local"  # the mock provider's key for `just up` (it i
 MIN_NATS = (2, 12)  # async-nats 0.51 needs a current server for KV; Debian's 2.9 is too old
 BINARIES = ("switchyard-nats", "switchyard-ingress", "switchyard-translator", "mock-provider")
 ADMIN = "switchyard-admin"  # needed only with Postgres (`just up`): migrates the database
+INFERENCE_BIN = "switchyard-inference"
+CATALOG = REPO / "schemas" / "catalog" / "models.json"
+DEFAULT_MODELS_DIR = REPO / ".models"
 
 # Services in start order; `down` and `close()` stop them in reverse.
 NATS, MOCK, TRANSLATOR, INGRESS = "nats-server", "mock-provider", "translator", "ingress"
@@ -169,6 +172,30 @@ def find_nats_server() -> Path:
     return path
 
 
+def open_models() -> list[dict]:
+    """The open models of the catalog (entries with an `open` section)."""
+    return [m for m in json.loads(CATALOG.read_text())["models"] if m.get("open")]
+
+
+def built_open_models(models_dir: Path) -> list[str]:
+    """Ids of the catalog's open models whose files are in `models_dir`."""
+    ids = []
+    for m in open_models():
+        o = m["open"]
+        if (models_dir / o["dir"] / o["model_file"]).is_file():
+            ids.append(m["id"])
+    return ids
+
+
+def find_ort_lib() -> Optional[Path]:
+    """SWITCHYARD_ORT_LIB, else the `onnxruntime` wheel's library in .tools/venv."""
+    env = os.environ.get("SWITCHYARD_ORT_LIB")
+    if env:
+        return Path(env)
+    found = sorted((REPO / ".tools" / "venv" / "lib").glob("python*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))
+    return found[0] if found else None
+
+
 def default_bin_dir(profile: str = "debug") -> Path:
     """Where cargo put the binaries: $SWITCHYARD_BIN_DIR, $CARGO_TARGET_DIR/<profile>, the
     Justfile's default target dir, or <repo>/target/<profile> — the first holding them."""
@@ -226,6 +253,12 @@ class StackConfig:
     mock_api_key: str = MOCK_API_KEY_UP
     mock_args: list[str] = dataclasses.field(default_factory=list)
     rust_log: str = "info"
+    # Open models to start one inference instance each for; None = every built one.
+    open_models: Optional[list[str]] = None
+    models_dir: Path = DEFAULT_MODELS_DIR
+    ort_lib: Optional[Path] = None  # None: find_ort_lib()
+    # ONNX Runtime threads per inference instance (0: one per core).
+    inference_threads: int = 0
     # Pin the stack's processes to these CPUs (benchmark).
     cpus: Optional[set[int]] = None
     ready_timeout: float = 60.0
@@ -251,13 +284,16 @@ class StackConfig:
             database_url=e("DATABASE_URL") or DEFAULT_DATABASE_URL,
             postgres=True,
             rust_log=e("RUST_LOG") or "info",
+            models_dir=Path(e("SWITCHYARD_MODELS_DIR") or DEFAULT_MODELS_DIR),
             quiet=False,
             **kw,
         )
 
     @classmethod
     def ephemeral(cls, run_dir: Path, **kw) -> "StackConfig":
-        """Tests and benchmark: everything of our own, on free ports, ignoring the env."""
+        """Tests and benchmark: everything of our own, on free ports, ignoring the env.
+        No inference instances unless `open_models` names them."""
+        kw.setdefault("open_models", [])
         return cls(run_dir=Path(run_dir), **kw)
 
 
@@ -434,6 +470,8 @@ class Stack:
             health_url=f"{self.translator_url}/healthz",
         ))
 
+        self._start_inference(base_env)
+
         if cfg.ingress_bind:
             ibind = cfg.ingress_bind
         else:
@@ -449,6 +487,36 @@ class Stack:
             self.log_dir / "ingress.log",
             health_url=f"{self.ingress_url}/healthz",
         ))
+
+    def _start_inference(self, base_env: dict[str, str]) -> None:
+        """One instance per open model (the autoscaler will own this; for now, static)."""
+        cfg = self.cfg
+        models_dir = Path(cfg.models_dir).resolve()
+        wanted = cfg.open_models if cfg.open_models is not None else built_open_models(models_dir)
+        if not wanted:
+            if cfg.open_models is None:
+                self._say(f"inference: no open models built in {models_dir} (run `just models`)")
+            return
+        binary = cfg.bin_dir / INFERENCE_BIN
+        if not binary.exists():
+            raise StackError(f"missing binary {binary} (build it: `just build`)")
+        lib = cfg.ort_lib or find_ort_lib()
+        if lib is None or not Path(lib).is_file():
+            raise StackError("no ONNX Runtime library: run `bash infra/install-tools.sh` or set SWITCHYARD_ORT_LIB")
+        for model in wanted:
+            port = self.ports.any_free()
+            bind = f"127.0.0.1:{port}"
+            name = "inference-" + model.rsplit("/", 1)[-1]
+            self._add(Service(
+                name,
+                [str(binary)],
+                {**base_env, "INFERENCE_MODEL": model, "INFERENCE_BIND": bind,
+                 "SWITCHYARD_ORT_LIB": str(lib), "SWITCHYARD_MODELS_DIR": str(models_dir),
+                 "INFERENCE_THREADS": str(cfg.inference_threads),
+                 "INFERENCE_TRT_CACHE_DIR": str(self.run_dir / "tensorrt-cache")},
+                self.log_dir / f"{name}.log",
+                health_url=f"http://{bind}/healthz",
+            ))
 
     def _persisted(self, name: str, make: Callable[[], str]) -> str:
         """A generated secret kept in the run dir (0600), reused by the next `up`."""
@@ -467,7 +535,7 @@ class Stack:
         if not cfg.detach:
             # Tests and benchmark: nothing from the caller's environment tunes our services.
             env = {k: v for k, v in env.items()
-                   if not k.startswith(("SWITCHYARD_", "NATS_", "INGRESS_", "TRANSLATOR_", "MOCK_", "LOADGEN_"))}
+                   if not k.startswith(("SWITCHYARD_", "NATS_", "INGRESS_", "TRANSLATOR_", "INFERENCE_", "MOCK_", "LOADGEN_"))}
             # Nor a developer's database: accounts' keys only where the config asks for them.
             env.pop("DATABASE_URL", None)
         env["RUST_LOG"] = cfg.rust_log
@@ -893,7 +961,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub.add_parser("down", help="stop what `up` started")
     sub.add_parser("status", help="show what runs")
     lg = sub.add_parser("logs", help="show (and follow) the logs")
-    lg.add_argument("service", nargs="?", help="nats-server, nats-apply, mock-provider, translator, ingress")
+    lg.add_argument("service", nargs="?", help="nats-server, nats-apply, mock-provider, translator, inference-<model>, ingress")
     lg.add_argument("-n", "--lines", type=int, default=40)
     lg.add_argument("-f", "--follow", action="store_true")
     args = p.parse_args(argv)
