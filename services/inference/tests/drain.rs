@@ -1,0 +1,146 @@
+//! An instance told to stop (SIGTERM) finishes the generation it holds, acks it, and
+//! exits cleanly — through a real nats-server and the real binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::Utc;
+use futures::StreamExt;
+use schemas::subjects;
+use schemas::{
+    ChatRequest, FinishReason, Message, Params, ReplyChunk, ReplyTarget, RequestEnvelope, Role,
+    SealKey, SealedRequest,
+};
+use switchyard_nats::testing::NatsServer;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn sigterm_drains_the_generation_in_progress() {
+    let nats = NatsServer::start().unwrap();
+    let client = nats.connect_and_apply().await.unwrap();
+    let js = jetstream::new(client.clone());
+    let seal_text = SealKey::generate_base64();
+    let seal = SealKey::from_base64("default", &seal_text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard-inference"))
+        .args([
+            "--model",
+            common::SMOLLM,
+            "--execution-providers",
+            "cpu",
+            "--threads",
+            "1",
+        ])
+        .env("NATS_URL", nats.url())
+        .env("SWITCHYARD_SEAL_KEY", &seal_text)
+        .env("SWITCHYARD_ORT_LIB", common::ort_lib())
+        .env("SWITCHYARD_MODELS_DIR", common::models_dir())
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let id = Uuid::now_v7();
+    let reply = format!("reply.test.{}", id.simple());
+    let mut sub = client.subscribe(reply.clone()).await.unwrap();
+    let sealed = SealedRequest {
+        request: ChatRequest {
+            model: common::SMOLLM.into(),
+            messages: vec![Message::text(
+                Role::User,
+                "Write a long story about a lighthouse.",
+            )],
+            params: Params {
+                max_tokens: Some(48),
+                temperature: Some(0.0),
+                ..Params::default()
+            },
+            tools: vec![],
+            tool_choice: None,
+            stream: true,
+            fallback_models: vec![],
+        },
+        provider_key: None,
+        provider_keys: Default::default(),
+        task: None,
+    };
+    let envelope = RequestEnvelope {
+        schema_version: schemas::SCHEMA_VERSION,
+        request_id: id,
+        account: "dev".into(),
+        created_at: Utc::now(),
+        deadline: Utc::now() + chrono::Duration::seconds(120),
+        reply: ReplyTarget::Stream { subject: reply },
+        model: common::SMOLLM.into(),
+        body: seal.seal(id, &schemas::encode(&sealed).unwrap()).unwrap(),
+    };
+    // Published before the instance is up: the request waits in JetStream for it.
+    let token = subjects::model_token(common::SMOLLM).unwrap();
+    js.send_publish(
+        subjects::open_request(&token),
+        jetstream::message::PublishMessage::build()
+            .payload(schemas::encode(&envelope).unwrap().into())
+            .message_id(id.to_string()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let first = next(&mut sub).await;
+    assert_eq!(first.seq, 0);
+    assert!(first.error.is_none(), "{:?}", first.error);
+    // Generating: stop the instance now.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut chunks = vec![first];
+    while !chunks.last().unwrap().last {
+        chunks.push(next(&mut sub).await);
+    }
+    let last = chunks.last().unwrap();
+    assert!(
+        last.error.is_none(),
+        "drained, not failed: {:?}",
+        last.error
+    );
+    assert!(matches!(
+        last.finish_reason,
+        Some(FinishReason::Length | FinishReason::Stop)
+    ));
+    let usage = last.usage.unwrap();
+    assert!(usage.output_tokens > 1);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    // Acked before the exit: nothing left for another instance to run again.
+    let stream = js.get_stream(subjects::REQUESTS_STREAM).await.unwrap();
+    let mut consumer: jetstream::consumer::PullConsumer = stream
+        .get_consumer(&switchyard_nats::open_model_consumer_name(&token))
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.num_pending, 0);
+    assert_eq!(info.num_ack_pending, 0);
+}
+
+async fn next(sub: &mut async_nats::Subscriber) -> ReplyChunk {
+    let msg = tokio::time::timeout(Duration::from_secs(60), sub.next())
+        .await
+        .expect("a chunk within 60 s")
+        .unwrap();
+    schemas::decode::<ReplyChunk>(&msg.payload).unwrap()
+}
