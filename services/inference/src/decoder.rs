@@ -2,9 +2,10 @@
 //! token.
 //!
 //! One thread owns the ONNX Runtime session and runs every generation of this
-//! instance: each turn it takes new requests, then advances each running generation
-//! by one step (prefill for a new one, one token for the others), so concurrent
-//! streams share the instance fairly. A generation stops at an end-of-sequence token,
+//! instance. Each turn it prefills at most one new prompt (alone), then advances every
+//! running generation by one token in a single batched run (up to `max_batch`
+//! together; see [`Group`]): on a CPU a decode step is bound by reading the weights,
+//! so four streams in one run cost little more than one. A generation stops at an end-of-sequence token,
 //! a stop sequence, `max_tokens`, or when its caller goes away (the event receiver is
 //! dropped, e.g. on cancellation).
 
@@ -107,10 +108,12 @@ impl std::fmt::Debug for Decoder {
 }
 
 impl Decoder {
+    /// Starts the decoder thread; up to `max_batch` generations decode together.
     pub fn start(
         session: Session,
         tokenizer: Tokenizer,
         config: GenerationConfig,
+        max_batch: usize,
         metrics: Metrics,
     ) -> Result<Self, String> {
         let tokenizer = Arc::new(tokenizer);
@@ -132,6 +135,7 @@ impl Decoder {
             config: config.clone(),
             metrics,
             names,
+            max_batch: max_batch.max(1),
         };
         std::thread::Builder::new()
             .name("decoder".into())
@@ -267,11 +271,10 @@ struct Running {
     request: GenRequest,
     events: tokio_mpsc::UnboundedSender<GenEvent>,
     rng: StdRng,
-    /// The next tokens to feed: the prompt, then one generated token at a time.
-    feed: Vec<u32>,
-    /// Tokens already in the KV cache.
+    /// The next token to feed (after the prompt).
+    next: u32,
+    /// Tokens in the KV cache.
     position: usize,
-    past: Vec<DynValue>,
     generated: Vec<u32>,
     /// Bytes of the decoded text already sent.
     sent: usize,
@@ -283,6 +286,28 @@ enum Step {
     Finished,
 }
 
+/// The generations decoding together: one model run advances them all by a token.
+///
+/// Their KV caches are one batch `[members, kv_heads, len, head_dim]` per layer, each
+/// member's entries right-aligned (left padding, masked out); each step appends one
+/// position for everyone, so the cache a run returns is the next run's input as is.
+/// Only a change of members (a join after prefill, a finish) copies the caches, once.
+#[derive(Default)]
+struct Group {
+    members: Vec<Running>,
+    /// Per layer: key, value.
+    past: Vec<DynValue>,
+    len: usize,
+}
+
+/// A KV cache entry source when (re)building a group.
+enum Source<'a> {
+    /// A fresh prefill: `[1, heads, position, dim]` per layer.
+    Solo(&'a [DynValue]),
+    /// Row `row` of the current group.
+    Row(usize),
+}
+
 struct Engine {
     session: Session,
     tokenizer: Arc<Tokenizer>,
@@ -290,29 +315,34 @@ struct Engine {
     metrics: Metrics,
     /// Per layer: past key, past value, present key, present value input/output names.
     names: Vec<[String; 4]>,
+    max_batch: usize,
 }
+
+type Inputs<'v> = Vec<(Cow<'v, str>, SessionInputValue<'v>)>;
 
 impl Engine {
     fn serve(&mut self, rx: &mpsc::Receiver<Job>) {
-        let mut running: Vec<Running> = Vec::new();
+        let mut waiting: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+        let mut group = Group::default();
         loop {
-            if running.is_empty() {
+            if group.members.is_empty() && waiting.is_empty() {
                 match rx.recv() {
-                    Ok(job) => running.push(self.admit(job)),
+                    Ok(job) => waiting.push_back(job),
                     Err(_) => return,
                 }
             }
             while let Ok(job) = rx.try_recv() {
-                running.push(self.admit(job));
+                waiting.push_back(job);
             }
-            let mut i = 0;
-            while i < running.len() {
-                match self.step(&mut running[i]) {
-                    Step::Continue => i += 1,
-                    Step::Finished => {
-                        running.swap_remove(i);
-                    }
-                }
+            // One prefill per turn, so running streams are not held up by a queue of
+            // new prompts; it joins the group if room is left.
+            if group.members.len() < self.max_batch
+                && let Some(job) = waiting.pop_front()
+            {
+                self.prefill(job, &mut group);
+            }
+            if !group.members.is_empty() {
+                self.decode_step(&mut group);
             }
         }
     }
@@ -327,16 +357,204 @@ impl Engine {
             .seed
             .unwrap_or_else(|| rand::rng().random());
         Running {
-            feed: job.request.prompt.clone(),
             request: job.request,
             events: job.events,
             rng: StdRng::seed_from_u64(seed),
+            next: 0,
             position: 0,
-            past: Vec::new(),
             generated: Vec::new(),
             sent: 0,
             started: Instant::now(),
         }
+    }
+
+    /// Runs `job`'s prompt alone, takes its first token, and adds it to the group.
+    fn prefill(&mut self, job: Job, group: &mut Group) {
+        let mut r = self.admit(job);
+        if r.events.is_closed() {
+            return;
+        }
+        let prompt: Vec<i64> = r.request.prompt.iter().map(|&t| i64::from(t)).collect();
+        let n = prompt.len();
+        let result = self.run(&[prompt], &[vec![1; n]], &[(0..n as i64).collect()], None);
+        let (logits, past) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "prefill failed");
+                let _ = r.events.send(GenEvent::Failed(e));
+                return;
+            }
+        };
+        r.position = n;
+        let token = sample(&logits[0], &r.request.sampling, &mut r.rng);
+        self.metrics
+            .time_to_first_token
+            .observe(r.started.elapsed().as_secs_f64());
+        if let Step::Finished = self.accept(&mut r, token) {
+            return;
+        }
+        let mut sources: Vec<Source<'_>> = (0..group.members.len()).map(Source::Row).collect();
+        sources.push(Source::Solo(&past));
+        let mut members = std::mem::take(&mut group.members);
+        members.push(r);
+        self.regroup(group, members, &sources);
+    }
+
+    /// One token for every member of the group.
+    fn decode_step(&mut self, group: &mut Group) {
+        let b = group.members.len();
+        let ids: Vec<Vec<i64>> = group
+            .members
+            .iter()
+            .map(|r| vec![i64::from(r.next)])
+            .collect();
+        let masks: Vec<Vec<i64>> = group
+            .members
+            .iter()
+            .map(|r| {
+                let mut m = vec![0; group.len - r.position];
+                m.resize(group.len + 1, 1);
+                m
+            })
+            .collect();
+        let positions: Vec<Vec<i64>> = group
+            .members
+            .iter()
+            .map(|r| vec![r.position as i64])
+            .collect();
+        let past = std::mem::take(&mut group.past);
+        let result = self.run(&ids, &masks, &positions, Some(&past));
+        let (logits, present) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, batch = b, "decode step failed");
+                for r in group.members.drain(..) {
+                    let _ = r.events.send(GenEvent::Failed(e.clone()));
+                }
+                *group = Group::default();
+                return;
+            }
+        };
+        self.metrics.batch_size.observe(b as f64);
+        group.past = present;
+        group.len += 1;
+        let mut keep = Vec::with_capacity(b);
+        for (row, r) in group.members.iter_mut().enumerate() {
+            r.position += 1;
+            let token = sample(&logits[row], &r.request.sampling, &mut r.rng);
+            if let Step::Continue = self.accept(r, token) {
+                keep.push(row);
+            }
+        }
+        if keep.len() < b {
+            let members = std::mem::take(&mut group.members);
+            let kept: Vec<Running> = members
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| keep.contains(i))
+                .map(|(_, r)| r)
+                .collect();
+            let sources: Vec<Source<'_>> = keep.iter().map(|&i| Source::Row(i)).collect();
+            self.regroup(group, kept, &sources);
+        }
+    }
+
+    /// Rebuilds `group` with `members`, taking each one's cache from `sources` (same
+    /// order): right-aligned in a batch as long as the longest.
+    fn regroup(&self, group: &mut Group, members: Vec<Running>, sources: &[Source<'_>]) {
+        if members.is_empty() {
+            *group = Group::default();
+            return;
+        }
+        let len = members.iter().map(|r| r.position).max().unwrap_or(0);
+        let (heads, dim) = (self.config.num_kv_heads, self.config.head_dim);
+        let mut past = Vec::with_capacity(self.names.len() * 2);
+        for layer in 0..self.names.len() * 2 {
+            let mut batch = ndarray::Array4::<f32>::zeros((members.len(), heads, len, dim));
+            for (row, (r, source)) in members.iter().zip(sources).enumerate() {
+                let (value, from_row, offset) = match source {
+                    Source::Solo(values) => (&values[layer], 0, 0),
+                    Source::Row(i) => (&group.past[layer], *i, group.len - r.position),
+                };
+                let Ok(view) = value.try_extract_array::<f32>() else {
+                    continue;
+                };
+                let Ok(view) = view.into_dimensionality::<ndarray::Ix4>() else {
+                    continue;
+                };
+                let src = view
+                    .index_axis(ndarray::Axis(0), from_row)
+                    .slice_axis(
+                        ndarray::Axis(1),
+                        ndarray::Slice::from(offset..offset + r.position),
+                    )
+                    .to_owned();
+                batch
+                    .index_axis_mut(ndarray::Axis(0), row)
+                    .slice_axis_mut(
+                        ndarray::Axis(1),
+                        ndarray::Slice::from(len - r.position..len),
+                    )
+                    .assign(&src);
+            }
+            match Tensor::from_array(batch) {
+                Ok(t) => past.push(t.into_dyn()),
+                Err(e) => {
+                    for r in members {
+                        let _ = r
+                            .events
+                            .send(GenEvent::Failed(format!("cannot build the KV cache: {e}")));
+                    }
+                    *group = Group::default();
+                    return;
+                }
+            }
+        }
+        *group = Group { members, past, len };
+    }
+
+    /// Handles a sampled token: end of sequence, stop sequence, limits, streaming.
+    fn accept(&self, r: &mut Running, token: u32) -> Step {
+        if self.config.eos_token_ids.contains(&token) {
+            return self.finish(r, FinishReason::Stop);
+        }
+        r.generated.push(token);
+        r.next = token;
+        self.metrics.tokens.inc();
+        if !r.request.stop.is_empty()
+            && let Ok(text) = self.tokenizer.decode(&r.generated, true)
+            && let Some(at) = r
+                .request
+                .stop
+                .iter()
+                .filter_map(|s| {
+                    text[r.sent.min(text.len())..]
+                        .find(s.as_str())
+                        .map(|i| i + r.sent)
+                })
+                .min()
+        {
+            if at > r.sent {
+                let _ = r.events.send(GenEvent::Text(text[r.sent..at].to_string()));
+            }
+            r.sent = text.len();
+            let _ = r.events.send(GenEvent::Done {
+                finish: FinishReason::Stop,
+                input_tokens: r.request.prompt.len() as u64,
+                output_tokens: r.generated.len() as u64,
+            });
+            return Step::Finished;
+        }
+        if r.generated.len() >= r.request.max_tokens as usize
+            || r.position + 1 >= self.config.context_length
+        {
+            return self.finish(r, FinishReason::Length);
+        }
+        // A caller that went away (cancelled) stops its generation here.
+        if !self.flush_text(r, false) || r.events.is_closed() {
+            return Step::Finished;
+        }
+        Step::Continue
     }
 
     fn finish(&self, r: &mut Running, finish: FinishReason) -> Step {
@@ -381,105 +599,53 @@ impl Engine {
         true
     }
 
-    fn step(&mut self, r: &mut Running) -> Step {
-        if r.events.is_closed() {
-            return Step::Finished;
-        }
-        let logits = match self.forward(r) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "generation step failed");
-                let _ = r.events.send(GenEvent::Failed(e));
-                return Step::Finished;
-            }
-        };
-        let token = sample(&logits, &r.request.sampling, &mut r.rng);
-        if r.generated.is_empty() {
-            self.metrics
-                .time_to_first_token
-                .observe(r.started.elapsed().as_secs_f64());
-        }
-        if self.config.eos_token_ids.contains(&token) {
-            return self.finish(r, FinishReason::Stop);
-        }
-        r.generated.push(token);
-        self.metrics.tokens.inc();
-        r.feed = vec![token];
-        if !r.request.stop.is_empty()
-            && let Ok(text) = self.tokenizer.decode(&r.generated, true)
-            && let Some(at) = r
-                .request
-                .stop
-                .iter()
-                .filter_map(|s| {
-                    text[r.sent.min(text.len())..]
-                        .find(s.as_str())
-                        .map(|i| i + r.sent)
-                })
-                .min()
-        {
-            if at > r.sent {
-                let _ = r.events.send(GenEvent::Text(text[r.sent..at].to_string()));
-            }
-            r.sent = text.len();
-            let _ = r.events.send(GenEvent::Done {
-                finish: FinishReason::Stop,
-                input_tokens: r.request.prompt.len() as u64,
-                output_tokens: r.generated.len() as u64,
-            });
-            return Step::Finished;
-        }
-        if r.generated.len() >= r.request.max_tokens as usize
-            || r.position + 1 >= self.config.context_length
-        {
-            return self.finish(r, FinishReason::Length);
-        }
-        if !self.flush_text(r, false) {
-            return Step::Finished;
-        }
-        Step::Continue
-    }
-
-    /// Runs the model on `r.feed`, updating its KV cache; returns the last position's
-    /// logits.
-    fn forward(&mut self, r: &mut Running) -> Result<Vec<f32>, String> {
+    /// One model run over a batch: `ids`, `masks`, `positions` per row, and the batch's
+    /// KV cache (`None`: empty). Returns each row's last logits and the new cache.
+    fn run(
+        &mut self,
+        ids: &[Vec<i64>],
+        masks: &[Vec<i64>],
+        positions: &[Vec<i64>],
+        past: Option<&[DynValue]>,
+    ) -> Result<(Vec<Vec<f32>>, Vec<DynValue>), String> {
         let err = |e: ort::Error| format!("the model failed: {e}");
-        let n = r.feed.len();
-        let total = r.position + n;
-        let ids = Array2::from_shape_vec((1, n), r.feed.iter().map(|&t| i64::from(t)).collect())
-            .map_err(|e| e.to_string())?;
-        let mask = Array2::<i64>::ones((1, total));
-        let positions =
-            Array2::from_shape_vec((1, n), (r.position..total).map(|p| p as i64).collect())
-                .map_err(|e| e.to_string())?;
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
+        let b = ids.len();
+        let n = ids.first().map_or(0, Vec::len);
+        let table = |rows: &[Vec<i64>]| {
+            let width = rows.first().map_or(0, Vec::len);
+            Array2::from_shape_vec((rows.len(), width), rows.concat()).map_err(|e| e.to_string())
+        };
+        let mut inputs: Inputs<'_> = vec![
             (
                 "input_ids".into(),
-                Tensor::from_array(ids).map_err(err)?.into(),
+                Tensor::from_array(table(ids)?).map_err(err)?.into(),
             ),
             (
                 "attention_mask".into(),
-                Tensor::from_array(mask).map_err(err)?.into(),
+                Tensor::from_array(table(masks)?).map_err(err)?.into(),
             ),
             (
                 "position_ids".into(),
-                Tensor::from_array(positions).map_err(err)?.into(),
+                Tensor::from_array(table(positions)?).map_err(err)?.into(),
             ),
         ];
         let (heads, dim) = (self.config.num_kv_heads, self.config.head_dim);
-        if r.past.is_empty() {
-            for names in &self.names {
-                for name in &names[..2] {
-                    let empty =
-                        Tensor::<f32>::from_array(([1usize, heads, 0, dim], Vec::<f32>::new()))
-                            .map_err(err)?;
-                    inputs.push((name.as_str().into(), empty.into()));
+        match past {
+            None => {
+                for names in &self.names {
+                    for name in &names[..2] {
+                        let empty =
+                            Tensor::<f32>::from_array(([b, heads, 0, dim], Vec::<f32>::new()))
+                                .map_err(err)?;
+                        inputs.push((name.as_str().into(), empty.into()));
+                    }
                 }
             }
-        } else {
-            for (names, pair) in self.names.iter().zip(r.past.chunks(2)) {
-                inputs.push((names[0].as_str().into(), (&pair[0]).into()));
-                inputs.push((names[1].as_str().into(), (&pair[1]).into()));
+            Some(past) => {
+                for (names, pair) in self.names.iter().zip(past.chunks(2)) {
+                    inputs.push((names[0].as_str().into(), (&pair[0]).into()));
+                    inputs.push((names[1].as_str().into(), (&pair[1]).into()));
+                }
             }
         }
         let mut outputs = self.session.run(inputs).map_err(err)?;
@@ -490,28 +656,30 @@ impl Engine {
                 .try_extract_array::<f32>()
                 .map_err(err)?;
             let shape = view.shape().to_vec();
-            if shape.len() != 3 || shape[2] != self.config.vocab_size {
+            if shape.len() != 3 || shape[0] != b || shape[2] != self.config.vocab_size {
                 return Err(format!("logits have shape {shape:?}"));
             }
-            view.index_axis(ndarray::Axis(0), 0)
-                .index_axis(ndarray::Axis(0), n - 1)
-                .iter()
-                .copied()
-                .collect::<Vec<f32>>()
+            (0..b)
+                .map(|row| {
+                    view.index_axis(ndarray::Axis(0), row)
+                        .index_axis(ndarray::Axis(0), n - 1)
+                        .iter()
+                        .copied()
+                        .collect::<Vec<f32>>()
+                })
+                .collect()
         };
-        let mut past = Vec::with_capacity(self.names.len() * 2);
+        let mut present = Vec::with_capacity(self.names.len() * 2);
         for names in &self.names {
             for name in &names[2..] {
-                past.push(
+                present.push(
                     outputs
                         .remove(name.as_str())
                         .ok_or_else(|| format!("the model has no output {name}"))?,
                 );
             }
         }
-        r.past = past;
-        r.position = total;
-        Ok(logits)
+        Ok((logits, present))
     }
 }
 

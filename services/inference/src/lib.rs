@@ -136,8 +136,14 @@ pub fn load_model(config: &Config, metrics: &metrics::Metrics) -> Result<LoadedM
                 .with_truncation(None)
                 .map_err(|e| Error::Model(e.to_string()))?;
             Engine::Decoder(
-                decoder::Decoder::start(loaded.session, tokenizer, generation, metrics.clone())
-                    .map_err(Error::Model)?,
+                decoder::Decoder::start(
+                    loaded.session,
+                    tokenizer,
+                    generation,
+                    open.max_batch,
+                    metrics.clone(),
+                )
+                .map_err(Error::Model)?,
             )
         }
         (EngineKind::Decoder, None) => {

@@ -14,7 +14,11 @@ use switchyard_inference::metrics::Metrics;
 use switchyard_inference::{Engine, load_model};
 
 fn decoder() -> Decoder {
-    let model = load_model(&common::config(common::SMOLLM), &Metrics::default()).unwrap();
+    decoder_with(&Metrics::default())
+}
+
+fn decoder_with(metrics: &Metrics) -> Decoder {
+    let model = load_model(&common::config(common::SMOLLM), metrics).unwrap();
     assert_eq!(model.provider, "CPUExecutionProvider");
     match model.engine {
         Engine::Decoder(d) => d,
@@ -95,23 +99,60 @@ async fn max_tokens_and_stop_sequences_end_generation() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_generations_each_get_their_own_answer() {
-    let d = decoder();
-    let alone = collect(&d, france(&d, 12)).await.0;
-    let other_prompt = d
-        .prompt(&[Message::text(Role::User, "Name a primary colour.")])
-        .unwrap();
-    let other = GenRequest {
-        prompt: other_prompt,
-        max_tokens: 12,
+fn ask(d: &Decoder, question: &str, max_tokens: u32) -> GenRequest {
+    GenRequest {
+        prompt: d.prompt(&[Message::text(Role::User, question)]).unwrap(),
+        max_tokens,
         sampling: GREEDY,
         stop: vec![],
+    }
+}
+
+/// (count of batches, count of batches of one) from the batch-size histogram.
+fn batches(metrics: &Metrics) -> (f64, f64) {
+    let text = metrics.render();
+    let value = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
     };
-    let other_alone = collect(&d, other.clone()).await.0;
-    let (a, b) = tokio::join!(collect(&d, france(&d, 12)), collect(&d, other));
-    assert_eq!(a.0, alone, "interleaved steps must not mix KV caches");
-    assert_eq!(b.0, other_alone);
+    (
+        value("inference_batch_size_count"),
+        value("inference_batch_size_bucket{le=\"1.0\"}"),
+    )
+}
+
+#[tokio::test]
+async fn concurrent_generations_decode_together_and_each_get_their_own_answer() {
+    let metrics = Metrics::default();
+    let d = decoder_with(&metrics);
+    // Prompts of different lengths: batched, their caches are left-padded differently.
+    let questions = [
+        "What is the capital of France?",
+        "Name a primary colour.",
+        "Write one sentence about the sea and the wind at night.",
+    ];
+    let mut alone = Vec::new();
+    for q in questions {
+        alone.push(collect(&d, ask(&d, q, 12)).await.0);
+    }
+    let (solo_batches, _) = batches(&metrics);
+    let (a, b, c) = tokio::join!(
+        collect(&d, ask(&d, questions[0], 12)),
+        collect(&d, ask(&d, questions[1], 12)),
+        collect(&d, ask(&d, questions[2], 12)),
+    );
+    assert_eq!(a.0, alone[0], "batched steps must not mix KV caches");
+    assert_eq!(b.0, alone[1]);
+    assert_eq!(c.0, alone[2]);
+    let (all, ones) = batches(&metrics);
+    assert!(all - solo_batches > 0.0);
+    assert!(
+        all > ones,
+        "some decode steps ran several generations at once"
+    );
 }
 
 #[tokio::test]
