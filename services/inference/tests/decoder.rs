@@ -18,13 +18,22 @@ fn decoder() -> Decoder {
 }
 
 fn decoder_with(metrics: &Metrics) -> Decoder {
-    let model = load_model(&common::config(common::SMOLLM), metrics).unwrap();
+    decoder_from(&common::config(common::SMOLLM), metrics)
+}
+
+fn decoder_from(config: &switchyard_inference::Config, metrics: &Metrics) -> Decoder {
+    let model = load_model(config, metrics).unwrap();
     assert_eq!(model.provider, "CPUExecutionProvider");
     match model.engine {
         Engine::Decoder(d) => d,
         Engine::Encoder(_) => panic!("SmolLM2 loaded as an encoder"),
     }
 }
+
+/// The France question. Asked bare, the source model's first answer token is a near
+/// tie ("The" 0.152, "L" 0.140) that the 4-bit graph's int8 activations tip the other
+/// way (see infra/models/README.md); asked for one sentence, it is not.
+const FRANCE: &str = "What is the capital of France? Answer in one sentence.";
 
 const GREEDY: Sampling = Sampling {
     temperature: 0.0,
@@ -52,7 +61,7 @@ async fn collect(decoder: &Decoder, request: GenRequest) -> (String, FinishReaso
 
 fn france(decoder: &Decoder, max_tokens: u32) -> GenRequest {
     let prompt = decoder
-        .prompt(&[Message::text(Role::User, "What is the capital of France?")])
+        .prompt(&[Message::text(Role::User, FRANCE)])
         .unwrap();
     GenRequest {
         prompt,
@@ -124,13 +133,39 @@ fn batches(metrics: &Metrics) -> (f64, f64) {
     )
 }
 
+/// SmolLM2's unquantized graph (built by `setup.py --keep-fp32`, as `just test` does)
+/// in a models directory of its own, as if it were the model.
+fn fp32_config() -> (tempfile::TempDir, switchyard_inference::Config) {
+    let real = common::models_dir().join("SmolLM2-135M-Instruct");
+    let fp32 = real.join("model_fp32.onnx");
+    assert!(
+        fp32.is_file(),
+        "{} is missing: run infra/models/setup.py --keep-fp32 (just test does)",
+        fp32.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("SmolLM2-135M-Instruct");
+    std::fs::create_dir(&model_dir).unwrap();
+    std::os::unix::fs::symlink(&fp32, model_dir.join("model.onnx")).unwrap();
+    for f in ["tokenizer.json", "generation.json"] {
+        std::os::unix::fs::symlink(real.join(f), model_dir.join(f)).unwrap();
+    }
+    let mut config = common::config(common::SMOLLM);
+    config.models_dir = dir.path().to_path_buf();
+    (dir, config)
+}
+
 #[tokio::test]
 async fn concurrent_generations_decode_together_and_each_get_their_own_answer() {
+    // On the fp32 graph, a batched run computes each row exactly as a run of one: any
+    // difference would be caches mixed up between generations. (The 4-bit graph's int8
+    // activations make batched and solo logits differ by rounding, see below.)
+    let (_dir, config) = fp32_config();
     let metrics = Metrics::default();
-    let d = decoder_with(&metrics);
+    let d = decoder_from(&config, &metrics);
     // Prompts of different lengths: batched, their caches are left-padded differently.
     let questions = [
-        "What is the capital of France?",
+        FRANCE,
         "Name a primary colour.",
         "Write one sentence about the sea and the wind at night.",
     ];
@@ -149,10 +184,18 @@ async fn concurrent_generations_decode_together_and_each_get_their_own_answer() 
     assert_eq!(c.0, alone[2]);
     let (all, ones) = batches(&metrics);
     assert!(all - solo_batches > 0.0);
-    assert!(
-        all > ones,
-        "some decode steps ran several generations at once"
+    assert!(all > ones, "some decode steps ran several generations at once");
+}
+
+#[tokio::test]
+async fn the_shipped_graph_answers_right_when_batched() {
+    let d = decoder();
+    let (a, b) = tokio::join!(
+        collect(&d, ask(&d, FRANCE, 24)),
+        collect(&d, ask(&d, "Write one sentence about the sea and the wind at night.", 24)),
     );
+    assert!(a.0.contains("Paris"), "answer: {:?}", a.0);
+    assert!(b.1 == FinishReason::Stop || b.3 == 24);
 }
 
 #[tokio::test]

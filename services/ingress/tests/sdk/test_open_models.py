@@ -18,6 +18,10 @@ from conftest import make_client, stack
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SECRET_PROMPT = "zebra-canary-7f3a: what is the capital of France?"
+# Asked bare, the source model's first answer token is a near tie ("The" 0.152 vs "L"
+# 0.140) that the 4-bit graph's int8 activations tip the other way (see
+# infra/models/README.md); asked for one sentence, it is not.
+FRANCE = "What is the capital of France? Answer in one sentence."
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +88,7 @@ def test_embeddings_through_the_sdk(client):
 def test_chat_answers_and_streams(client):
     res = client.chat.completions.create(
         model=SMOLLM,
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        messages=[{"role": "user", "content": FRANCE}],
         temperature=0,
         max_tokens=40,
     )
@@ -95,7 +99,7 @@ def test_chat_answers_and_streams(client):
 
     stream = client.chat.completions.create(
         model=SMOLLM,
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        messages=[{"role": "user", "content": FRANCE}],
         temperature=0,
         max_tokens=40,
         stream=True,
@@ -198,7 +202,7 @@ def test_a_failing_closed_model_falls_back_to_an_open_one(sy):
     client = make_client(sy, provider_key=sy.mock_api_key)
     raw = client.chat.completions.with_raw_response.create(
         model="openai/mock-error-503",
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        messages=[{"role": "user", "content": FRANCE}],
         temperature=0,
         max_tokens=40,
         extra_body={"models": [SMOLLM]},
