@@ -15,6 +15,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("chat_request", schema_for!(crate::ChatRequest)),
         ("reply_chunk", schema_for!(crate::ReplyChunk)),
         ("error_body", schema_for!(crate::ErrorBody)),
+        ("usage_event", schema_for!(crate::UsageEvent)),
     ]
 }
 

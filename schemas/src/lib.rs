@@ -12,6 +12,7 @@
 //!   plaintext in JetStream.
 //! - [`task`]: open-model tasks other than chat (embeddings, zero-shot
 //!   classification) and their outputs.
+//! - [`usage`]: usage events (instance periods, lifecycle, tokens) that billing counts.
 //! - [`headers`]: NATS header names we set and read.
 //! - [`json_schema`]: JSON Schema of every message, exported to `schemas/json/` for
 //!   publishers in other languages.
@@ -30,6 +31,7 @@ pub mod json_schema;
 pub mod seal;
 pub mod subjects;
 pub mod task;
+pub mod usage;
 
 pub use chat::{ChatRequest, ContentPart, Message, Params, Role, Tool, ToolCall, ToolChoice};
 pub use chunk::{Delta, FinishReason, ReplyChunk, ToolCallDelta, Usage};
@@ -40,6 +42,7 @@ pub use error::{ErrorBody, ErrorKind};
 pub use seal::SealKeyArgs;
 pub use seal::{SealError, SealKey, Sealed};
 pub use task::{TaskInput, TaskOutput};
+pub use usage::{InstanceState, UsageBody, UsageEvent};
 
 /// The schema version this build writes. Readers accept every version up to this one.
 pub const SCHEMA_VERSION: u16 = 1;

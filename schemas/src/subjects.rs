@@ -8,7 +8,7 @@
 //! | `reply.<ingress>.<request>` | [`crate::ReplyChunk`]s, core NATS |
 //! | `cancel.<request>` | cancellation of a running request, core NATS |
 //! | `res.<job>.<request>` | batch results (stream RESULTS) |
-//! | `usage.…` | usage and lifecycle events (stream USAGE) |
+//! | `usage.<kind>.<account-token>` | [`crate::UsageEvent`]s: `instance`, `lifecycle`, `tokens` (stream USAGE) |
 //! | `dlq.<stream>.<consumer>` | dead letters with the reason in a header (stream DEADLETTER) |
 
 use uuid::Uuid;
