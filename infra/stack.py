@@ -3,6 +3,8 @@
 provider, the translator, one inference instance per built open model, and the ingress (and, for `just up`, make sure Postgres is up and
 migrated with `switchyard-admin migrate`; the ingress then checks accounts' API keys there).
 
+With Postgres (`just up`) it also starts billing (usage events into Postgres).
+
 One module, three callers, so the start-up logic exists once:
 
 * `just up` / `just down` / `just logs` — the command line below (daemon mode): processes
@@ -46,12 +48,15 @@ MOCK_API_KEY_UP = "sk-mock-local"  # the mock provider's key for `just up` (it i
 MIN_NATS = (2, 12)  # async-nats 0.51 needs a current server for KV; Debian's 2.9 is too old
 BINARIES = ("switchyard-nats", "switchyard-ingress", "switchyard-translator", "mock-provider")
 ADMIN = "switchyard-admin"  # needed only with Postgres (`just up`): migrates the database
+BILLING_BIN = "switchyard-billing"  # only with Postgres: usage events into the billing tables
 INFERENCE_BIN = "switchyard-inference"
 CATALOG = REPO / "schemas" / "catalog" / "models.json"
 DEFAULT_MODELS_DIR = REPO / ".models"
 
 # Services in start order; `down` and `close()` stop them in reverse.
 NATS, MOCK, TRANSLATOR, INGRESS = "nats-server", "mock-provider", "translator", "ingress"
+AUTOSCALER = "autoscaler"
+BILLING = "billing"
 
 
 class StackError(RuntimeError):
@@ -253,8 +258,13 @@ class StackConfig:
     mock_api_key: str = MOCK_API_KEY_UP
     mock_args: list[str] = dataclasses.field(default_factory=list)
     rust_log: str = "info"
-    # Open models to start one inference instance each for; None = every built one.
+    # Static inference instances (account `dev`), one per model named; None = one per
+    # built model when there is no autoscaler, none when there is.
     open_models: Optional[list[str]] = None
+    # Run the autoscaler (process backend): clusters start instances on demand.
+    autoscaler: bool = False
+    # Length of an idle-timeout "minute" for the autoscaler, in ms (tests shrink it).
+    idle_minute_ms: int = 60_000
     models_dir: Path = DEFAULT_MODELS_DIR
     ort_lib: Optional[Path] = None  # None: find_ort_lib()
     # ONNX Runtime threads per inference instance (0: one per core).
@@ -285,6 +295,7 @@ class StackConfig:
             postgres=True,
             rust_log=e("RUST_LOG") or "info",
             models_dir=Path(e("SWITCHYARD_MODELS_DIR") or DEFAULT_MODELS_DIR),
+            autoscaler=True,
             quiet=False,
             **kw,
         )
@@ -326,6 +337,8 @@ class Stack:
         self.nats_store_dir: Optional[Path] = None  # None when NATS is external
         self.ingress_url = ""  # http://host:port
         self.translator_url = ""
+        self.billing_url = ""
+        self.autoscaler_url = ""
         self.mock_url: Optional[str] = None  # http://host:port/v1
         self.openai_base_url = ""
         self.anthropic_base_url = ""
@@ -419,7 +432,7 @@ class Stack:
     def _start(self) -> None:
         cfg = self.cfg
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        needed = BINARIES + ((ADMIN,) if cfg.postgres else ())
+        needed = BINARIES + ((ADMIN, BILLING_BIN) if cfg.postgres else ())
         missing = [b for b in needed if not (cfg.bin_dir / b).exists()]
         if not self._needs_mock():
             missing = [b for b in missing if b != "mock-provider"]
@@ -470,6 +483,20 @@ class Stack:
             health_url=f"{self.translator_url}/healthz",
         ))
 
+        if cfg.postgres:
+            # Billing needs the migrated database; it consumes USAGE (durable consumer
+            # `billing`), so events published while it was down wait for it.
+            port = self.ports.preferred(8083) if cfg.default_ports else self.ports.any_free()
+            bbind = f"127.0.0.1:{port}"
+            self.billing_url = f"http://{bbind}"
+            self._add(Service(
+                BILLING,
+                [str(cfg.bin_dir / BILLING_BIN)],
+                {**base_env, "BILLING_BIND": bbind},
+                self.log_dir / "billing.log",
+                health_url=f"{self.billing_url}/healthz",
+            ))
+
         self._start_inference(base_env)
 
         if cfg.ingress_bind:
@@ -488,21 +515,56 @@ class Stack:
             health_url=f"{self.ingress_url}/healthz",
         ))
 
-    def _start_inference(self, base_env: dict[str, str]) -> None:
-        """One instance per open model (the autoscaler will own this; for now, static)."""
+    def _inference_env(self) -> dict[str, str]:
+        """What every inference instance needs beyond the base environment."""
         cfg = self.cfg
-        models_dir = Path(cfg.models_dir).resolve()
-        wanted = cfg.open_models if cfg.open_models is not None else built_open_models(models_dir)
-        if not wanted:
-            if cfg.open_models is None:
-                self._say(f"inference: no open models built in {models_dir} (run `just models`)")
-            return
-        binary = cfg.bin_dir / INFERENCE_BIN
-        if not binary.exists():
-            raise StackError(f"missing binary {binary} (build it: `just build`)")
+        if not (cfg.bin_dir / INFERENCE_BIN).exists():
+            raise StackError(f"missing binary {cfg.bin_dir / INFERENCE_BIN} (build it: `just build`)")
         lib = cfg.ort_lib or find_ort_lib()
         if lib is None or not Path(lib).is_file():
             raise StackError("no ONNX Runtime library: run `bash infra/install-tools.sh` or set SWITCHYARD_ORT_LIB")
+        return {"SWITCHYARD_ORT_LIB": str(lib), "SWITCHYARD_MODELS_DIR": str(Path(cfg.models_dir).resolve()),
+                "INFERENCE_THREADS": str(cfg.inference_threads),
+                "INFERENCE_TRT_CACHE_DIR": str(self.run_dir / "tensorrt-cache")}
+
+    def _start_autoscaler(self, base_env: dict[str, str]) -> None:
+        """The autoscaler, which starts and stops inference instances per cluster."""
+        cfg = self.cfg
+        if not (cfg.bin_dir / "switchyard-autoscaler").exists():
+            raise StackError(f"missing binary {cfg.bin_dir / 'switchyard-autoscaler'} (build it: `just build`)")
+        port = self.ports.preferred(8082) if cfg.default_ports else self.ports.any_free()
+        bind = f"127.0.0.1:{port}"
+        self.autoscaler_url = f"http://{bind}"
+        (self.log_dir / "instances").mkdir(parents=True, exist_ok=True)
+        self._add(Service(
+            AUTOSCALER,
+            [str(cfg.bin_dir / "switchyard-autoscaler")],
+            {**base_env, **self._inference_env(), "AUTOSCALER_BIND": bind,
+             "AUTOSCALER_LOG_DIR": str(self.log_dir / "instances"),
+             "AUTOSCALER_IDLE_MINUTE_MS": str(cfg.idle_minute_ms),
+             "AUTOSCALER_INFERENCE_BIN": str(cfg.bin_dir / INFERENCE_BIN)},
+            self.log_dir / "autoscaler.log",
+            health_url=f"{self.autoscaler_url}/healthz",
+        ))
+
+    def _start_inference(self, base_env: dict[str, str]) -> None:
+        """Static instances (account `dev`): one per model of `open_models`, or, without an
+        autoscaler, one per built model."""
+        cfg = self.cfg
+        if cfg.autoscaler:
+            self._start_autoscaler(base_env)
+        models_dir = Path(cfg.models_dir).resolve()
+        if cfg.open_models is not None:
+            wanted = cfg.open_models
+        elif cfg.autoscaler:
+            wanted = []
+        else:
+            wanted = built_open_models(models_dir)
+        if not wanted:
+            if cfg.open_models is None and not cfg.autoscaler:
+                self._say(f"inference: no open models built in {models_dir} (run `just models`)")
+            return
+        inference_env = self._inference_env()
         for model in wanted:
             port = self.ports.any_free()
             bind = f"127.0.0.1:{port}"
@@ -510,10 +572,8 @@ class Stack:
             self._add(Service(
                 name,
                 [str(binary)],
-                {**base_env, "INFERENCE_MODEL": model, "INFERENCE_BIND": bind,
-                 "SWITCHYARD_ORT_LIB": str(lib), "SWITCHYARD_MODELS_DIR": str(models_dir),
-                 "INFERENCE_THREADS": str(cfg.inference_threads),
-                 "INFERENCE_TRT_CACHE_DIR": str(self.run_dir / "tensorrt-cache")},
+                {**base_env, **inference_env, "INFERENCE_MODEL": model, "INFERENCE_ACCOUNT": "dev",
+                 "INFERENCE_BIND": bind},
                 self.log_dir / f"{name}.log",
                 health_url=f"http://{bind}/healthz",
             ))

@@ -106,6 +106,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "consumers/REQUESTS/translator.json",
         include_str!("../consumers/REQUESTS/translator.json"),
     ),
+    (
+        "consumers/USAGE/billing.json",
+        include_str!("../consumers/USAGE/billing.json"),
+    ),
     ("kv/clusters.json", include_str!("../kv/clusters.json")),
     ("kv/instances.json", include_str!("../kv/instances.json")),
 ];
@@ -218,36 +222,42 @@ pub struct Applied {
     pub kv: Vec<String>,
 }
 
-/// The durable consumer name of an open model's requests, from its subject token.
-pub fn open_model_consumer_name(token: &str) -> String {
-    format!("open-{token}")
+/// The durable consumer of one cluster's queue, from the model's and the account's
+/// subject tokens: `open__<model>__<account>` (a token never holds `__`, since every
+/// `_` in one starts a `_XX` escape, so the name is unambiguous).
+pub fn open_model_consumer_name(model_token: &str, account_token: &str) -> String {
+    format!("open__{model_token}__{account_token}")
 }
 
-/// Creates (or updates) the durable consumer every instance of one open model pulls
-/// from, from `templates/open-model-consumer.json` with `{token}` filled in. Open
-/// models come and go with the catalog, so their consumers are made on demand (by
-/// the model's instances, and by whatever watches their queue) rather than listed
-/// under `consumers/`. `token` is the model's subject token (`schemas::subjects::model_token`).
+/// Creates (or updates) the durable consumer of one cluster's queue — every instance
+/// of the cluster pulls from it, the autoscaler reads its backlog — from
+/// `templates/open-model-consumer.json` with `{model}` and `{account}` filled in.
+/// Clusters come and go, so their consumers are made on demand rather than listed
+/// under `consumers/`. The arguments are subject tokens (`schemas::subjects::model_token`).
 pub async fn ensure_open_model_consumer(
     js: &jetstream::Context,
-    token: &str,
+    model_token: &str,
+    account_token: &str,
 ) -> Result<jetstream::consumer::PullConsumer, Error> {
     const TEMPLATE: &str = include_str!("../templates/open-model-consumer.json");
-    let name = open_model_consumer_name(token);
+    let name = open_model_consumer_name(model_token, account_token);
     let fail = |message: String| Error::Consumer {
         stream: "REQUESTS".into(),
         name: name.clone(),
         message,
     };
-    if token.is_empty() || token.contains(['.', '*', '>', ' ']) {
-        return Err(fail(format!("'{token}' is not a subject token")));
+    for token in [model_token, account_token] {
+        if token.is_empty() || token.contains(['.', '*', '>', ' ']) || token.contains("__") {
+            return Err(fail(format!("'{token}' is not a subject token")));
+        }
     }
+    let text = TEMPLATE
+        .replace("{model}", model_token)
+        .replace("{account}", account_token);
     let config: jetstream::consumer::pull::Config =
-        serde_json::from_str(&TEMPLATE.replace("{token}", token)).map_err(|source| {
-            Error::Parse {
-                path: "templates/open-model-consumer.json".into(),
-                source,
-            }
+        serde_json::from_str(&text).map_err(|source| Error::Parse {
+            path: "templates/open-model-consumer.json".into(),
+            source,
         })?;
     let stream = js.get_stream("REQUESTS").await.map_err(|e| {
         fail(format!(
@@ -395,6 +405,17 @@ mod tests {
         );
         assert_eq!(translator.config.filter_subject, "req.closed.>");
         assert_eq!(translator.config.ack_wait, Duration::from_secs(30));
+        let billing = defs
+            .consumers
+            .iter()
+            .find(|c| c.config.durable_name.as_deref() == Some("billing"))
+            .unwrap();
+        assert_eq!(billing.stream, "USAGE");
+        assert_eq!(
+            billing.config.filter_subjects,
+            ["usage.instance.>", "usage.lifecycle.>", "usage.tokens.>"]
+        );
+        assert_eq!(billing.config.max_deliver, -1);
         let instances = defs.kv.iter().find(|k| k.bucket == "instances").unwrap();
         assert_eq!(instances.max_age_secs, 30);
         let r3 = defs.with_replicas(3);

@@ -145,3 +145,35 @@ impl Drop for NatsServer {
         let _ = self.child.wait();
     }
 }
+
+/// Every message now in `stream`, oldest first (subject and payload), read through a
+/// throwaway ephemeral consumer: what a test asserts on after the fact.
+pub async fn stream_contents(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Result<Vec<(String, bytes::Bytes)>, String> {
+    use futures::StreamExt;
+    let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_millis(300))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let before = out.len();
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| e.to_string())?;
+            out.push((m.subject.to_string(), m.payload.clone()));
+        }
+        if out.len() == before {
+            return Ok(out);
+        }
+    }
+}

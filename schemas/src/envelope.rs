@@ -29,6 +29,11 @@ pub struct RequestEnvelope {
     pub model: String,
     /// The sealed [`SealedRequest`].
     pub body: Sealed,
+    /// A worker that takes the request after this instant drops it unrun (answering
+    /// nothing): the caller stopped waiting for a cold start and was told to retry.
+    /// Absent: only `deadline` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_by: Option<DateTime<Utc>>,
 }
 
 /// Where a worker sends the answer.

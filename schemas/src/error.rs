@@ -40,6 +40,9 @@ pub enum ErrorKind {
     InvalidRequest,
     /// Missing or wrong credentials — ours or the provider's (401).
     Authentication,
+    /// The account's spend limit is reached: no new paid work until it is raised or
+    /// the month ends (402).
+    PaymentRequired,
     /// The credentials may not do this (403).
     PermissionDenied,
     /// No such model or resource (404).
@@ -67,6 +70,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => 400,
             ErrorKind::Authentication => 401,
+            ErrorKind::PaymentRequired => 402,
             ErrorKind::PermissionDenied => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::PayloadTooLarge => 413,
@@ -94,6 +98,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Authentication => "authentication",
+            ErrorKind::PaymentRequired => "payment_required",
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::NotFound => "not_found",
             ErrorKind::PayloadTooLarge => "payload_too_large",

@@ -16,6 +16,13 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("reply_chunk", schema_for!(crate::ReplyChunk)),
         ("error_body", schema_for!(crate::ErrorBody)),
         ("usage_event", schema_for!(crate::UsageEvent)),
+        ("spend_alert", schema_for!(crate::SpendAlert)),
+        ("cluster_spec", schema_for!(crate::cluster::ClusterSpec)),
+        ("cluster_status", schema_for!(crate::cluster::ClusterStatus)),
+        (
+            "instance_heartbeat",
+            schema_for!(crate::cluster::InstanceHeartbeat),
+        ),
     ]
 }
 

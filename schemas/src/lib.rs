@@ -4,6 +4,7 @@
 //!   schema version, reply target) with its sealed body.
 //! - [`catalog`]: the model catalog (`schemas/catalog/models.json`).
 //! - [`chat`]: the normalized chat request every provider and worker understands.
+//! - [`cluster`]: cluster specs and status (KV `clusters`), instance heartbeats.
 //! - [`chunk`]: the streamed reply chunk workers send back.
 //! - [`error`]: the error every service reports and the HTTP status it maps to.
 //! - [`subjects`]: subject names and the model id → subject token mapping.
@@ -23,6 +24,7 @@
 pub mod catalog;
 pub mod chat;
 pub mod chunk;
+pub mod cluster;
 pub mod codec;
 pub mod envelope;
 pub mod error;
@@ -42,7 +44,7 @@ pub use error::{ErrorBody, ErrorKind};
 pub use seal::SealKeyArgs;
 pub use seal::{SealError, SealKey, Sealed};
 pub use task::{TaskInput, TaskOutput};
-pub use usage::{InstanceState, UsageBody, UsageEvent};
+pub use usage::{InstanceState, SpendAlert, UsageBody, UsageEvent};
 
 /// The schema version this build writes. Readers accept every version up to this one.
 pub const SCHEMA_VERSION: u16 = 1;

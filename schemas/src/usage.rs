@@ -127,6 +127,43 @@ impl UsageEvent {
     }
 }
 
+/// A spend alert: an account's open-model spend this month (UTC) reached
+/// `threshold_percent` (80 or 100) of its monthly limit. Published by billing on
+/// `usage.alert.<account-token>` (stream USAGE), once per account, month and threshold;
+/// [`SpendAlert::id`] is its `event_id` and `Nats-Msg-Id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SpendAlert {
+    /// Schema version the writer used ([`crate::SCHEMA_VERSION`]).
+    pub schema_version: u16,
+    /// `alert:<account>:<YYYY-MM>:<percent>`.
+    pub event_id: String,
+    pub account: String,
+    /// The month, `YYYY-MM` (UTC).
+    pub month: String,
+    /// 80 or 100.
+    pub threshold_percent: u8,
+    /// The monthly limit, USD, as an exact decimal string (`"250"`).
+    pub limit_usd: String,
+    /// The month's open-model spend when the threshold was found reached, USD, exact.
+    pub spent_usd: String,
+    pub emitted_at: DateTime<Utc>,
+}
+
+impl SpendAlert {
+    /// `alert:<account>:<YYYY-MM>:<percent>`: each threshold is raised once a month.
+    pub fn id(account: &str, month: &str, threshold_percent: u8) -> String {
+        format!("alert:{account}:{month}:{threshold_percent}")
+    }
+
+    /// `usage.alert.<account-token>`.
+    pub fn subject(&self) -> Result<String, crate::subjects::ModelIdError> {
+        Ok(format!(
+            "usage.alert.{}",
+            crate::subjects::model_token(&self.account)?
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +194,23 @@ mod tests {
         );
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["body"]["kind"], "instance_period");
+    }
+
+    #[test]
+    fn spend_alerts_name_their_subject_and_id() {
+        let a = SpendAlert {
+            schema_version: crate::SCHEMA_VERSION,
+            event_id: SpendAlert::id("acme", "2026-11", 80),
+            account: "acme".into(),
+            month: "2026-11".into(),
+            threshold_percent: 80,
+            limit_usd: "10".into(),
+            spent_usd: "8.00001".into(),
+            emitted_at: Utc::now(),
+        };
+        assert_eq!(a.event_id, "alert:acme:2026-11:80");
+        assert_eq!(a.subject().unwrap(), "usage.alert.acme");
+        let back: SpendAlert = crate::decode(&crate::encode(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
     }
 }

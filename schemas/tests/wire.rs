@@ -100,6 +100,7 @@ fn sample_envelope() -> RequestEnvelope {
             nonce: vec![7; 12],
             ciphertext: vec![1, 2, 3, 4, 5, 250, 251],
         },
+        start_by: None,
     }
 }
 

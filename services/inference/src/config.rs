@@ -17,6 +17,15 @@ pub struct Config {
     #[arg(long, env = "INFERENCE_MODEL")]
     pub model: String,
 
+    /// The account whose cluster this instance belongs to: instances are single-tenant
+    /// and pull only that account's requests (`req.open.<model>.<account>`).
+    #[arg(long, env = "INFERENCE_ACCOUNT")]
+    pub account: String,
+
+    /// This instance's id (in heartbeats and usage events); generated when absent.
+    #[arg(long, env = "INFERENCE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
     /// NATS server URL.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
@@ -60,8 +69,20 @@ pub struct Config {
     #[arg(long, env = "INFERENCE_CONCURRENCY", default_value_t = 0)]
     pub concurrency: usize,
 
+    /// How often the instance reports its instance-seconds (and beats), in ms.
+    #[arg(long, env = "INFERENCE_USAGE_PERIOD_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub usage_period_ms: u64,
+
     /// Address of the health and metrics endpoint (`/healthz`, `/metrics`); port 0
     /// picks a free one (several instances run on one host).
     #[arg(long, env = "INFERENCE_BIND", default_value = "127.0.0.1:0")]
     pub bind: SocketAddr,
+}
+
+impl Config {
+    /// [`Config::usage_period_ms`] as a duration.
+    pub fn usage_period(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.usage_period_ms)
+    }
 }

@@ -7,8 +7,11 @@
 //! - [`encoder`]: sentence encoders — embeddings and zero-shot classification — with
 //!   dynamic batching (max batch, max queue delay, length-sorted, padded per batch).
 //! - [`decoder`]: language models with a KV cache — chat, streamed token by token.
-//! - [`worker`]: pulls the model's subject `req.open.<model-token>` through its
-//!   durable consumer `open-<model-token>`, answers, acks after the reply is out.
+//! - [`worker`]: pulls its cluster's subject `req.open.<model-token>.<account-token>`
+//!   through the durable consumer `open__<model-token>__<account-token>` (shared by
+//!   the cluster's instances), answers, acks after the reply is out.
+//! - [`usage`]: lifecycle events and instance-second periods to the USAGE stream, and
+//!   a heartbeat in KV `instances`, so billing counts every second the instance runs.
 //! - [`metrics`]: Prometheus metrics, served with `/healthz` on `INFERENCE_BIND`.
 //!
 //! Shutdown (SIGTERM/SIGINT) drains: the instance stops pulling, finishes what it
@@ -20,16 +23,12 @@ pub mod decoder;
 pub mod encoder;
 pub mod metrics;
 pub mod runtime;
+pub mod usage;
 pub mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use schemas::catalog::{Catalog, Engine as EngineKind, OpenModel};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -63,8 +62,7 @@ pub enum Error {
     Consume(async_nats::Error),
 }
 
-/// How long requests in progress get to finish after shutdown is signalled.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub use switchyard_worker::DRAIN_TIMEOUT;
 
 /// A model loaded and ready to serve.
 #[derive(Debug)]
@@ -161,13 +159,6 @@ pub fn load_model(config: &Config, metrics: &metrics::Metrics) -> Result<LoadedM
     })
 }
 
-#[derive(Debug)]
-struct Health {
-    client: async_nats::Client,
-    metrics: metrics::Metrics,
-    consuming: AtomicBool,
-}
-
 /// Loads the model, connects, serves `/healthz` and `/metrics` on `config.bind`, and
 /// consumes until `shutdown`; then drains and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
@@ -197,6 +188,8 @@ pub async fn serve(
     };
     let token =
         schemas::subjects::model_token(&model.id).map_err(|e| Error::Model(e.to_string()))?;
+    let account_token = schemas::subjects::model_token(&config.account)
+        .map_err(|e| Error::Model(format!("invalid account '{}': {e}", config.account)))?;
     let client = async_nats::ConnectOptions::new()
         .name("switchyard-inference")
         .connect(&config.nats_url)
@@ -206,7 +199,7 @@ pub async fn serve(
             source,
         })?;
     let js = async_nats::jetstream::new(client.clone());
-    let consumer = switchyard_nats::ensure_open_model_consumer(&js, &token)
+    let consumer = switchyard_nats::ensure_open_model_consumer(&js, &token, &account_token)
         .await
         .map_err(|e| Error::Consumer(e.to_string()))?;
     let tracker = TaskTracker::new();
@@ -227,84 +220,74 @@ pub async fn serve(
             js: js.clone(),
             seal,
             stream: schemas::subjects::REQUESTS_STREAM.to_string(),
-            consumer: switchyard_nats::open_model_consumer_name(&token),
+            consumer: switchyard_nats::open_model_consumer_name(&token, &account_token),
             dead_letters: metrics.dead_letters.clone(),
             expired: metrics.expired.clone(),
         },
         cancels,
         metrics: metrics.clone(),
     });
-    let health = Arc::new(Health {
-        client,
-        metrics,
-        consuming: AtomicBool::new(false),
+    let health = switchyard_worker::Health::new(client);
+    let app = health.router({
+        let metrics = metrics.clone();
+        move || metrics.render()
     });
-    let app = axum::Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .with_state(health.clone());
     let addr = listener.local_addr().ok();
-    let http_shutdown = shutdown.clone();
-    tracker.spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await
-        {
-            tracing::warn!(error = %e, "health endpoint stopped");
-        }
-    });
-    health.consuming.store(true, Ordering::Relaxed);
+    tracker.spawn(switchyard_telemetry::serve_health(
+        listener,
+        app,
+        shutdown.clone(),
+    ));
+    let instance_id = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    let mut reporter = usage::Reporter::start(
+        js.clone(),
+        usage::Identity {
+            instance_id: instance_id.clone(),
+            account: config.account.clone(),
+            model: model.id.clone(),
+            instance_type: model.open.instance_type.clone(),
+            execution_provider: model.provider.to_string(),
+        },
+        config.usage_period(),
+    )
+    .await;
+    reporter.lifecycle(schemas::InstanceState::Ready).await;
+    health.set_consuming(true);
     tracing::info!(
+        instance = %instance_id,
+        account = %config.account,
         model = %model.id,
         execution_provider = model.provider,
         concurrency,
         health = ?addr,
         "inference instance consuming"
     );
-    let result = switchyard_worker::consume(consumer, concurrency, &tracker, shutdown.clone(), {
-        let worker = worker.clone();
-        move |message| worker::handle(worker.clone(), message)
-    })
-    .await;
-    health.consuming.store(false, Ordering::Relaxed);
+    let consuming =
+        switchyard_worker::consume(consumer, concurrency, &tracker, shutdown.clone(), {
+            let worker = worker.clone();
+            move |message| worker::handle(worker.clone(), message)
+        });
+    let period = reporter.period;
+    let reporting = async {
+        let mut every = tokio::time::interval(period);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            reporter.tick().await;
+        }
+    };
+    let result = tokio::select! {
+        r = consuming => r,
+        never = reporting => match never {},
+    };
+    health.set_consuming(false);
+    reporter.lifecycle(schemas::InstanceState::Draining).await;
     shutdown.cancel();
-    tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "requests in progress did not finish within the drain timeout; they will be redelivered"
-        );
-    }
+    switchyard_worker::drain(&tracker).await;
+    reporter.stop().await;
     tracing::info!("inference instance stopped");
     result.map_err(Error::Consume)
-}
-
-async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    let connected = matches!(
-        health.client.connection_state(),
-        async_nats::connection::State::Connected
-    );
-    if connected && health.consuming.load(Ordering::Relaxed) {
-        (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ok"})),
-        )
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "unavailable"})),
-        )
-    }
-}
-
-async fn metrics_text(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            switchyard_telemetry::METRICS_CONTENT_TYPE,
-        )],
-        health.metrics.render(),
-    )
 }

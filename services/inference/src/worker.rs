@@ -130,7 +130,8 @@ pub async fn handle(worker: Arc<Worker>, message: jetstream::Message) {
                 tracing::warn!(error = %e, "cannot send the failure");
             }
         }
-        switchyard_worker::finish(&message, &sink).await;
+        switchyard_worker::usage::finish_and_report(&message, &sink, &worker.intake.js, &envelope)
+            .await;
     }
     .instrument(span)
     .await

@@ -184,7 +184,10 @@ async fn concurrent_generations_decode_together_and_each_get_their_own_answer() 
     assert_eq!(c.0, alone[2]);
     let (all, ones) = batches(&metrics);
     assert!(all - solo_batches > 0.0);
-    assert!(all > ones, "some decode steps ran several generations at once");
+    assert!(
+        all > ones,
+        "some decode steps ran several generations at once"
+    );
 }
 
 #[tokio::test]
@@ -192,7 +195,14 @@ async fn the_shipped_graph_answers_right_when_batched() {
     let d = decoder();
     let (a, b) = tokio::join!(
         collect(&d, ask(&d, FRANCE, 24)),
-        collect(&d, ask(&d, "Write one sentence about the sea and the wind at night.", 24)),
+        collect(
+            &d,
+            ask(
+                &d,
+                "Write one sentence about the sea and the wind at night.",
+                24
+            )
+        ),
     );
     assert!(a.0.contains("Paris"), "answer: {:?}", a.0);
     assert!(b.1 == FinishReason::Stop || b.3 == 24);

@@ -17,8 +17,8 @@ use chrono::Utc;
 use futures::StreamExt;
 use schemas::subjects;
 use schemas::{
-    ChatRequest, FinishReason, Message, Params, ReplyChunk, ReplyTarget, RequestEnvelope, Role,
-    SealKey, SealedRequest,
+    ChatRequest, FinishReason, InstanceState, Message, Params, ReplyChunk, ReplyTarget,
+    RequestEnvelope, Role, SealKey, SealedRequest, UsageBody, UsageEvent,
 };
 use switchyard_nats::testing::NatsServer;
 use uuid::Uuid;
@@ -34,6 +34,8 @@ async fn sigterm_drains_the_generation_in_progress() {
         .args([
             "--model",
             common::SMOLLM,
+            "--account",
+            "dev",
             "--execution-providers",
             "cpu",
             "--threads",
@@ -44,6 +46,8 @@ async fn sigterm_drains_the_generation_in_progress() {
         .env("SWITCHYARD_ORT_LIB", common::ort_lib())
         .env("SWITCHYARD_MODELS_DIR", common::models_dir())
         .env("NO_COLOR", "1")
+        // Several periods within the test's few seconds.
+        .env("INFERENCE_USAGE_PERIOD_MS", "200")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -82,11 +86,12 @@ async fn sigterm_drains_the_generation_in_progress() {
         reply: ReplyTarget::Stream { subject: reply },
         model: common::SMOLLM.into(),
         body: seal.seal(id, &schemas::encode(&sealed).unwrap()).unwrap(),
+        start_by: None,
     };
     // Published before the instance is up: the request waits in JetStream for it.
     let token = subjects::model_token(common::SMOLLM).unwrap();
     js.send_publish(
-        subjects::open_request(&token),
+        subjects::open_request(&token, "dev"),
         jetstream::message::PublishMessage::build()
             .payload(schemas::encode(&envelope).unwrap().into())
             .message_id(id.to_string()),
@@ -129,12 +134,83 @@ async fn sigterm_drains_the_generation_in_progress() {
     // Acked before the exit: nothing left for another instance to run again.
     let stream = js.get_stream(subjects::REQUESTS_STREAM).await.unwrap();
     let mut consumer: jetstream::consumer::PullConsumer = stream
-        .get_consumer(&switchyard_nats::open_model_consumer_name(&token))
+        .get_consumer(&switchyard_nats::open_model_consumer_name(&token, "dev"))
         .await
         .unwrap();
     let info = consumer.info().await.unwrap();
     assert_eq!(info.num_pending, 0);
     assert_eq!(info.num_ack_pending, 0);
+
+    // Its whole life is in the USAGE stream: started → ready → draining → stopped, and
+    // instance-second periods that follow each other without gap or overlap from the
+    // first event to the last.
+    let events: Vec<UsageEvent> =
+        switchyard_nats::testing::stream_contents(&js, subjects::USAGE_STREAM)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(subject, payload)| {
+                assert_eq!(subject.split('.').nth(2), Some("dev"));
+                schemas::decode(&payload).unwrap()
+            })
+            .collect();
+    let states: Vec<(InstanceState, i64)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            UsageBody::Lifecycle { state, at_ms, .. } => Some((*state, *at_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [
+            InstanceState::Started,
+            InstanceState::Ready,
+            InstanceState::Draining,
+            InstanceState::Stopped
+        ]
+    );
+    let mut periods: Vec<(i64, i64)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            UsageBody::InstancePeriod {
+                start_ms,
+                end_ms,
+                instance_type,
+                model,
+                ..
+            } => {
+                assert_eq!(instance_type, "cpu");
+                assert_eq!(model, common::SMOLLM);
+                assert_eq!(
+                    e.event_id,
+                    UsageEvent::period_id(
+                        &e.event_id[7..e.event_id.rfind(':').unwrap()],
+                        *start_ms
+                    )
+                );
+                Some((*start_ms, *end_ms))
+            }
+            _ => None,
+        })
+        .collect();
+    periods.sort();
+    assert!(!periods.is_empty());
+    assert_eq!(
+        periods[0].0, states[0].1,
+        "billing starts when the instance does"
+    );
+    for pair in periods.windows(2) {
+        assert_eq!(
+            pair[0].1, pair[1].0,
+            "periods follow each other: {periods:?}"
+        );
+    }
+    let last_end = periods.last().unwrap().1;
+    assert!(
+        last_end <= states[3].1 && last_end >= states[2].1,
+        "billed up to the stop"
+    );
 }
 
 async fn next(sub: &mut async_nats::Subscriber) -> ReplyChunk {

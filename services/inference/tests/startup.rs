@@ -19,6 +19,7 @@ fn run(args: &[&str]) -> (i32, String) {
         )
         // Nothing listens here: a worker that got as far as NATS would say so instead.
         .env("NATS_URL", "nats://127.0.0.1:1")
+        .env("INFERENCE_ACCOUNT", "dev")
         .env("NO_COLOR", "1")
         .output()
         .unwrap();

@@ -72,6 +72,19 @@ pub struct AuthArgs {
     /// Requests a key may send at once above the steady rate; 0 = the rate (at least 1).
     #[arg(long, env = "INGRESS_RATE_LIMIT_BURST", default_value_t = 0)]
     pub rate_limit_burst: u32,
+
+    /// How often the accounts over their monthly spend limit are reloaded from
+    /// Postgres (so also how long a reached limit may take to refuse requests).
+    #[arg(long, env = "INGRESS_SPEND_REFRESH_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub spend_refresh_secs: u64,
+}
+
+impl AuthArgs {
+    /// How often spend limits are reloaded.
+    pub fn spend_refresh(&self) -> Duration {
+        Duration::from_secs(self.spend_refresh_secs)
+    }
 }
 
 impl Default for AuthArgs {
@@ -82,6 +95,7 @@ impl Default for AuthArgs {
             auth_cache_size: 10_000,
             rate_limit_rps: 0.0,
             rate_limit_burst: 0,
+            spend_refresh_secs: 5,
         }
     }
 }
@@ -95,6 +109,7 @@ impl std::fmt::Debug for AuthArgs {
             .field("auth_cache_size", &self.auth_cache_size)
             .field("rate_limit_rps", &self.rate_limit_rps)
             .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("spend_refresh_secs", &self.spend_refresh_secs)
             .finish()
     }
 }

@@ -19,10 +19,14 @@
 //! - [`error`]: the one error type, answered OpenAI-style (or in the unified shape).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`models`]: `GET /v1/models` and `GET /v1/catalog` from the model catalog.
+//! - [`spend`]: accounts over their monthly spend limit get 402 for open models.
+//! - [`clusters`]: the cluster API (`/v1/clusters`), a first request creating its
+//!   model's cluster, and the bounded wait of a cold start.
 //!
 //! [`run`] is what the binary runs; tests call [`serve`] with a listener of their own.
 
 pub mod auth;
+pub mod clusters;
 pub mod config;
 pub mod embeddings;
 pub mod error;
@@ -31,6 +35,7 @@ pub mod models;
 pub mod openai;
 pub mod replies;
 pub mod routes;
+pub mod spend;
 pub mod unified;
 
 use std::sync::Arc;
@@ -104,6 +109,11 @@ pub async fn serve(
         Some(url) => Some(switchyard_store::connect(url, true).await?),
         None => None,
     };
+    let spend = Arc::new(spend::SpendLimits::new(
+        db.clone(),
+        config.auth.spend_refresh(),
+    ));
+    spend.refresh_or_keep().await;
     let auth = auth::Auth::new(config.dev_api_key.clone(), db, &config.auth);
     let tracker = TaskTracker::new();
     let replies =
@@ -116,10 +126,13 @@ pub async fn serve(
         auth,
         catalog: schemas::catalog::Catalog::embedded()?,
         metrics: metrics::Metrics::default(),
+        clusters: clusters::Clusters::default(),
+        spend: spend.clone(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         config,
     });
+    tracker.spawn(spend.run(shutdown.clone()));
     let addr = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%addr, ingress_id = %ingress_id, "ingress listening");
     let app = routes::router(state);

@@ -20,6 +20,17 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterApiLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
 /// The ingress's metrics and the registry that renders them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -28,6 +39,14 @@ pub struct Metrics {
     pub duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub first_chunk: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub in_flight: Gauge,
+    /// Cluster API calls by route (`create`, `put`, `get`, `patch`, `delete`, `list`)
+    /// and status.
+    pub cluster_api: Family<ClusterApiLabels, Counter>,
+    /// Open-model requests published to a cluster with no instance, by outcome:
+    /// `started` (a first chunk came within the caller's max wait) or `gave_up` (503).
+    pub cold_starts: Family<OutcomeLabels, Counter>,
+    /// Clusters created with the defaults by a first request to a model.
+    pub clusters_auto_created: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -66,12 +85,33 @@ impl Default for Metrics {
             "Requests waiting for workers",
             in_flight.clone(),
         );
+        let cluster_api = Family::<ClusterApiLabels, Counter>::default();
+        let cold_starts = Family::<OutcomeLabels, Counter>::default();
+        let clusters_auto_created = Counter::default();
+        registry.register(
+            "cluster_api_requests",
+            "Cluster API calls answered, by route and status",
+            cluster_api.clone(),
+        );
+        registry.register(
+            "cold_starts",
+            "Open-model requests that found their cluster without an instance, by outcome (started, gave_up = 503)",
+            cold_starts.clone(),
+        );
+        registry.register(
+            "clusters_auto_created",
+            "Clusters created with the defaults by a first request to an open model",
+            clusters_auto_created.clone(),
+        );
         Self {
             registry,
             requests,
             duration,
             first_chunk,
             in_flight,
+            cluster_api,
+            cold_starts,
+            clusters_auto_created,
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     pub catalog: schemas::catalog::Catalog,
     pub metrics: Metrics,
+    pub clusters: crate::clusters::Clusters,
+    pub spend: std::sync::Arc<crate::spend::SpendLimits>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -63,6 +65,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/catalog", get(crate::models::catalog))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::clusters::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -265,7 +268,9 @@ pub(crate) fn read_body(
 pub(crate) struct Prepared {
     pub(crate) request_id: Uuid,
     subject: String,
-    payload: Bytes,
+    envelope: RequestEnvelope,
+    /// Open models: the cluster it runs on (made on first use; bounds a cold start).
+    cluster: Option<crate::clusters::OpenRun>,
     traceparent: Option<String>,
     pub(crate) model: String,
     pub(crate) stream: bool,
@@ -400,6 +405,7 @@ pub(crate) fn prepare(
         return Err(openai::base_url_override(name));
     }
     openai::validate_params(&request.params)?;
+    let mut cluster = None;
     let (subject, primary, provider_key) = match target {
         Target::Closed(provider) => {
             let key = header_text(headers, PROVIDER_KEY_HEADER).ok_or_else(|| {
@@ -415,7 +421,15 @@ pub(crate) fn prepare(
             )
         }
         // Our own workers need no provider key: one sent anyway stays here.
-        Target::Open { token, .. } => (subjects::open_request(&token), None, None),
+        Target::Open { token, model } => {
+            state.spend.check(&account)?;
+            cluster = Some(crate::clusters::OpenRun::new(headers, &account, model)?);
+            (
+                subjects::open_request(&token, &subjects::model_token(&account).map_err(internal)?),
+                None,
+                None,
+            )
+        }
     };
     let traceparent = headers
         .get(schemas::headers::TRACEPARENT)
@@ -458,11 +472,13 @@ pub(crate) fn prepare(
         },
         model: model.clone(),
         body,
+        start_by: None,
     };
     Ok(Prepared {
         request_id,
         subject,
-        payload: Bytes::from(schemas::encode(&envelope).map_err(internal)?),
+        envelope,
+        cluster,
         traceparent,
         model,
         stream,
@@ -541,18 +557,35 @@ pub(crate) async fn dispatch(
 ) -> Result<Dispatched, ApiError> {
     // Register before publishing, so no reply can arrive unrouted.
     let mut registration = state.replies.register(prepared.request_id);
+    // An open model's cluster is made on first use; with no instance running, the
+    // request may only start within the caller's max wait (`start_by`).
+    let cold = match &prepared.cluster {
+        Some(run) => crate::clusters::before_publish(state, run, prepared.deadline).await,
+        None => None,
+    };
+    let payload = match &cold {
+        None => schemas::encode(&prepared.envelope),
+        Some(cold) => schemas::encode(&RequestEnvelope {
+            start_by: Some(cold.start_by),
+            ..prepared.envelope.clone()
+        }),
+    }
+    .map_err(internal)?;
     publish(
         state,
         &prepared.subject,
         prepared.request_id,
-        prepared.payload.clone(),
+        Bytes::from(payload),
         prepared.traceparent.as_deref(),
     )
     .await?;
     // From here on a worker may be running it: if the caller goes away (this future
     // is dropped) or the deadline passes, tell the worker to stop.
     let mut cancel = CancelOnDrop::new(state, prepared.request_id);
-    let mut first = next_chunk(&mut registration, prepared.deadline).await?;
+    let mut first = match &cold {
+        None => next_chunk(&mut registration, prepared.deadline).await?,
+        Some(cold) => crate::clusters::first_chunk(state, &mut registration, cold).await?,
+    };
     state
         .metrics
         .first_chunk

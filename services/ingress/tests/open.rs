@@ -72,9 +72,9 @@ impl Harness {
     }
 }
 
-/// `req.open.<token>` of a model id.
+/// `req.open.<model-token>.<account-token>` of a model id, for the dev account.
 fn open_subject(model: &str) -> String {
-    subjects::open_request(&subjects::model_token(model).unwrap())
+    subjects::open_request_for(model, "dev").unwrap()
 }
 
 /// A distinct, exactly representable vector for the `i`-th of `texts`.

@@ -1,11 +1,12 @@
 //! Switchyard's Postgres store, through sea-orm: the one crate that owns the
-//! database schema. Accounts and API keys live here now; billing's tables (usage
-//! events, aggregates, prices) will be added here too, so the billing service and the
-//! report CLI share one set of entities and one migrator.
+//! database schema — accounts and API keys, and billing's tables (usage events, daily
+//! aggregates, monthly spend, spend limits and alerts), so the billing service, the
+//! report CLI and the ingress share one set of entities and one migrator.
 //!
 //! - [`entities`]: the sea-orm entities, one module per table.
 //! - [`migration`]: the [`Migrator`]; `switchyard-admin migrate` applies it.
 //! - [`keys`]: accounts and API keys — create, verify, revoke, list.
+//! - [`billing`]: spend limits and the month's spend (the ingress's 402 check).
 //! - `testing` (feature `testing`): a fresh, migrated database per test.
 //!
 //! Decisions:
@@ -24,6 +25,7 @@
 //! - `switchyard-admin migrate` creates the database when it does not exist (through
 //!   the server's `postgres` database), then applies the migrations.
 
+pub mod billing;
 pub mod entities;
 pub mod keys;
 pub mod migration;
@@ -55,6 +57,8 @@ pub enum Error {
     InvalidAccountId(String),
     #[error("invalid database URL: {0}")]
     BadUrl(String),
+    #[error("invalid spend limit '{0}': give a non-negative amount of USD")]
+    InvalidLimit(String),
 }
 
 /// Connects to `url`. With `lazy`, no connection is made until the first query (a

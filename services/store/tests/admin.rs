@@ -148,3 +148,63 @@ async fn migrate_creates_a_missing_database() {
     assert!(created, "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&format!("created database {name}")));
 }
+
+#[tokio::test]
+async fn spend_limits_are_set_shown_and_removed() {
+    let t = TestDb::new().await.unwrap();
+    let out = admin(&t.url, &["account", "create", "acme"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = admin(&t.url, &["account", "set-limit", "acme", "99.50"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("monthly spend limit 99.5 USD"));
+    let limit = switchyard_store::billing::spend_limit(&t.db, "acme")
+        .await
+        .unwrap();
+    assert_eq!(limit.map(|l| l.to_string()).as_deref(), Some("99.5"));
+
+    let out = admin(&t.url, &["account", "show", "acme"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("99.5 USD per month"), "{shown}");
+    assert!(shown.contains(": 0 USD"), "{shown}");
+
+    // Over the limit at once: the ingress's query says so.
+    let out = admin(&t.url, &["account", "set-limit", "acme", "0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let month = switchyard_store::billing::current_month();
+    let over = switchyard_store::billing::over_limit(&t.db, month)
+        .await
+        .unwrap();
+    assert_eq!(over.len(), 1);
+    assert_eq!(over[0].account, "acme");
+
+    let out = admin(&t.url, &["account", "set-limit", "acme", "none"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        switchyard_store::billing::spend_limit(&t.db, "acme")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    for (args, says) in [
+        (&["account", "set-limit", "acme", "-5"][..], "negative"),
+        (
+            &["account", "set-limit", "acme", "lots"][..],
+            "not an amount",
+        ),
+        (
+            &["account", "set-limit", "nobody", "5"][..],
+            "no account 'nobody'",
+        ),
+    ] {
+        let out = admin(&t.url, args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -79,6 +79,59 @@ pub fn metrics_text(registry: &Registry) -> String {
     out
 }
 
+/// The `/healthz` and `/metrics` endpoints every worker serves: `healthy` says
+/// whether it can do its job right now (200 `{"status":"ok"}`, else 503
+/// `{"status":"unavailable"}`), `metrics` renders the exposition text.
+pub fn health_router(
+    healthy: impl Fn() -> bool + Clone + Send + Sync + 'static,
+    metrics: impl Fn() -> String + Clone + Send + Sync + 'static,
+) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let ok = healthy();
+                async move {
+                    if ok {
+                        (
+                            StatusCode::OK,
+                            axum::Json(serde_json::json!({"status": "ok"})),
+                        )
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(serde_json::json!({"status": "unavailable"})),
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics();
+                async move { ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text) }
+            }),
+        )
+}
+
+/// Serves `router` on `listener` until `shutdown`, logging (not returning) a failure:
+/// the health endpoint going away must not take the worker down with it.
+pub async fn serve_health(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::warn!(error = %e, "health endpoint stopped");
+    }
+}
+
 /// Writes `error: <message: causes>` to stderr, for command-line tools whose user reads
 /// the terminal (no backtrace, whatever `RUST_BACKTRACE` says).
 pub fn report_error(err: &anyhow::Error) {

@@ -21,13 +21,7 @@ pub mod retry;
 pub mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,15 +49,6 @@ pub enum Error {
     },
     #[error("consuming failed: {0}")]
     Consume(async_nats::Error),
-}
-
-/// How long requests in progress get to finish after shutdown is signalled.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Debug)]
-struct Health {
-    worker: Arc<worker::Worker>,
-    consuming: AtomicBool,
 }
 
 /// Connects, serves `/healthz` and `/metrics` on `config.bind`, and consumes until
@@ -131,24 +116,17 @@ pub async fn serve(
         client,
         metrics,
     });
-    let health = Arc::new(Health {
-        worker: worker.clone(),
-        consuming: AtomicBool::new(false),
+    let health = switchyard_worker::Health::new(worker.client.clone());
+    let app = health.router({
+        let worker = worker.clone();
+        move || worker.metrics.render()
     });
-    let app = axum::Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .with_state(health.clone());
-    let http_shutdown = shutdown.clone();
-    tracker.spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await
-        {
-            tracing::warn!(error = %e, "health endpoint stopped");
-        }
-    });
-    health.consuming.store(true, Ordering::Relaxed);
+    tracker.spawn(switchyard_telemetry::serve_health(
+        listener,
+        app,
+        shutdown.clone(),
+    ));
+    health.set_consuming(true);
     tracing::info!(concurrency = config.concurrency, "translator consuming");
     let result = worker::consume(
         worker,
@@ -158,45 +136,9 @@ pub async fn serve(
         shutdown.clone(),
     )
     .await;
-    health.consuming.store(false, Ordering::Relaxed);
+    health.set_consuming(false);
     shutdown.cancel();
-    tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "requests in progress did not finish within the drain timeout; they will be redelivered"
-        );
-    }
+    switchyard_worker::drain(&tracker).await;
     tracing::info!("translator stopped");
     result.map_err(Error::Consume)
-}
-
-async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    let connected = matches!(
-        health.worker.client.connection_state(),
-        async_nats::connection::State::Connected
-    );
-    if connected && health.consuming.load(Ordering::Relaxed) {
-        (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ok"})),
-        )
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "unavailable"})),
-        )
-    }
-}
-
-async fn metrics_text(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            switchyard_telemetry::METRICS_CONTENT_TYPE,
-        )],
-        health.worker.metrics.render(),
-    )
 }

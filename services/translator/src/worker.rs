@@ -110,8 +110,9 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
             // The open model's worker answers the caller now.
             Err(Failure::HandedOff) => {}
         }
-        // Ack only after the reply reached the server.
-        switchyard_worker::finish(&message, &sink).await;
+        // Ack only after the reply reached the server (and its tokens went to billing).
+        switchyard_worker::usage::finish_and_report(&message, &sink, &worker.intake.js, &envelope)
+            .await;
     }
     .instrument(span)
     .await

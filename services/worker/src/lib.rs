@@ -11,13 +11,16 @@
 //! - [`Intake::hand_off`]: passes a request that failed before its first byte to its
 //!   next fallback model, whichever half serves it (closed ↔ open);
 //! - [`sink`]: numbered reply chunks to `reply.<ingress>.<request>`;
-//! - [`cancels`]: one `cancel.*` subscription per process.
+//! - [`cancels`]: one `cancel.*` subscription per process;
+//! - [`usage`]: each answered request's tokens to billing ([`usage::finish_and_report`]).
 
 pub mod cancels;
 pub mod sink;
+pub mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
@@ -33,6 +36,60 @@ use tokio_util::task::TaskTracker;
 
 pub use cancels::{Cancels, Watch};
 pub use sink::{ChunkSink, SendError};
+
+/// How long requests in progress get to finish after shutdown is signalled.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A worker's health: connected to NATS and pulling.
+#[derive(Debug, Clone)]
+pub struct Health {
+    client: async_nats::Client,
+    consuming: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn new(client: async_nats::Client) -> Self {
+        Self {
+            client,
+            consuming: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Marks the worker as pulling (or not, while it drains).
+    pub fn set_consuming(&self, on: bool) {
+        self.consuming.store(on, Ordering::Relaxed);
+    }
+
+    pub fn healthy(&self) -> bool {
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        ) && self.consuming.load(Ordering::Relaxed)
+    }
+
+    /// `/healthz` (this health) and `/metrics` (`metrics()`).
+    pub fn router(
+        &self,
+        metrics: impl Fn() -> String + Clone + Send + Sync + 'static,
+    ) -> axum::Router {
+        let me = self.clone();
+        switchyard_telemetry::health_router(move || me.healthy(), metrics)
+    }
+}
+
+/// Lets the tasks of `tracker` finish, up to [`DRAIN_TIMEOUT`]; what does not finish is
+/// redelivered by JetStream (its message was never acked).
+pub async fn drain(tracker: &TaskTracker) {
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests in progress did not finish within the drain timeout; they will be redelivered"
+        );
+    }
+}
 
 /// While a request runs, its message is marked in progress this often so JetStream
 /// does not redeliver it mid-stream (consumers' ack wait is 30 s).
@@ -167,6 +224,16 @@ impl Intake {
             self.dead_letter(message, &reason, id).await;
             return None;
         }
+        if let Some(start_by) = envelope.start_by
+            && start_by < Utc::now()
+        {
+            // The caller got a 503 (cold start) and will retry: running it now would
+            // answer nobody, and running the retry too would run it twice.
+            self.expired.inc();
+            tracing::info!(request_id = %envelope.request_id, "not started in time; dropped unrun");
+            let _ = message.ack().await;
+            return None;
+        }
         if envelope.deadline < Utc::now() {
             self.expired.inc();
             tracing::info!(request_id = %envelope.request_id, "deadline passed before the request was run; dropped");
@@ -225,7 +292,15 @@ impl Intake {
         };
         let subject = match subjects::route_model(next).map_err(|e| e.to_string())? {
             ModelRoute::Closed { provider, .. } => subjects::closed_request(provider),
-            ModelRoute::Open { token } => subjects::open_request(&token),
+            ModelRoute::Open { token } => {
+                // As a first request through the ingress would: the account gets a
+                // cluster with the defaults, so the autoscaler starts an instance.
+                self.ensure_cluster(&envelope.account, next).await?;
+                subjects::open_request(
+                    &token,
+                    &subjects::model_token(&envelope.account).map_err(|e| e.to_string())?,
+                )
+            }
         };
         let mut sealed = sealed.clone();
         if let Some(key) = sealed.provider_key.take()
@@ -267,6 +342,36 @@ impl Intake {
             .map_err(|e| e.to_string())?;
         tracing::info!(model = %next, "handed the request to its next fallback model");
         Ok(())
+    }
+
+    /// Creates `account`'s cluster of the open model `model` with the defaults, unless
+    /// it exists.
+    async fn ensure_cluster(&self, account: &str, model: &str) -> Result<(), String> {
+        let catalog = schemas::catalog::Catalog::embedded().map_err(|e| e.to_string())?;
+        let open = catalog
+            .get(model)
+            .and_then(|m| m.open.as_ref())
+            .ok_or_else(|| format!("'{model}' is not an open model of the catalog"))?;
+        let kv = self
+            .js
+            .get_key_value(schemas::subjects::CLUSTERS_BUCKET)
+            .await
+            .map_err(|e| e.to_string())?;
+        let key = schemas::cluster::spec_key(account, model).map_err(|e| e.to_string())?;
+        let spec = schemas::cluster::ClusterSpec::with_defaults(
+            account,
+            model,
+            &open.instance_type,
+            Utc::now(),
+        );
+        let value = serde_json_vec(&spec)?;
+        match kv.create(&key, value.into()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Copies `message` (still sealed) to the dead-letter stream with `reason` and
@@ -367,4 +472,8 @@ pub async fn finish(message: &jetstream::Message, sink: &ChunkSink) {
                 .await;
         }
     }
+}
+
+fn serde_json_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(value).map_err(|e| e.to_string())
 }

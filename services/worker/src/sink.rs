@@ -15,6 +15,10 @@ pub struct ChunkSink {
     provider: &'static str,
     dropped_params: Vec<String>,
     finished: bool,
+    /// The token usage the reply reported, once sent (what billing records).
+    usage: Option<Usage>,
+    /// The served model named on the first chunk, once sent.
+    served_model: Option<String>,
 }
 
 /// The reply subject cannot be published to (NATS is down or the connection closed).
@@ -37,6 +41,8 @@ impl ChunkSink {
             provider,
             dropped_params: Vec::new(),
             finished: false,
+            usage: None,
+            served_model: None,
         }
     }
 
@@ -58,6 +64,21 @@ impl ChunkSink {
     /// Whether the last chunk was sent.
     pub fn finished(&self) -> bool {
         self.finished
+    }
+
+    /// Who answers (see [`ChunkSink::set_provider`]).
+    pub fn provider(&self) -> &'static str {
+        self.provider
+    }
+
+    /// The token usage the reply reported, once it was sent.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// The model that served the request as named on the first chunk, once sent.
+    pub fn served_model(&self) -> Option<&str> {
+        self.served_model.as_deref()
     }
 
     /// Sends one chunk; the first names the provider and `served_model`.
@@ -121,6 +142,12 @@ impl ChunkSink {
             .map_err(|e| SendError(e.to_string()))?;
         self.seq += 1;
         self.finished = chunk.last;
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
+        }
+        if chunk.model.is_some() {
+            self.served_model.clone_from(&chunk.model);
+        }
         Ok(())
     }
 

@@ -32,7 +32,7 @@ async fn a_closed_request_goes_on_to_its_open_fallback_with_its_keys() {
     };
     let open = "HuggingFaceTB/SmolLM2-135M-Instruct";
     let token = subjects::model_token(open).unwrap();
-    let consumer = switchyard_nats::ensure_open_model_consumer(&js, &token)
+    let consumer = switchyard_nats::ensure_open_model_consumer(&js, &token, "acct")
         .await
         .unwrap();
 
@@ -65,6 +65,7 @@ async fn a_closed_request_goes_on_to_its_open_fallback_with_its_keys() {
         body: seal
             .seal(request_id, &schemas::encode(&sealed).unwrap())
             .unwrap(),
+        start_by: None,
     };
     let rest = sealed.request.fallback_models.clone();
     intake
@@ -85,7 +86,10 @@ async fn a_closed_request_goes_on_to_its_open_fallback_with_its_keys() {
         .await
         .unwrap();
     let message = batch.next().await.unwrap().unwrap();
-    assert_eq!(message.subject.as_str(), subjects::open_request(&token));
+    assert_eq!(
+        message.subject.as_str(),
+        subjects::open_request(&token, "acct")
+    );
     let handed: RequestEnvelope = schemas::decode(&message.payload).unwrap();
     assert_eq!(handed.request_id, request_id);
     assert_eq!(handed.model, open);
@@ -106,6 +110,21 @@ async fn a_closed_request_goes_on_to_its_open_fallback_with_its_keys() {
         batch.next().await.is_none(),
         "the retried hand-off was deduplicated"
     );
+
+    // The account had no cluster of the open model: it has one now, with the defaults,
+    // so the autoscaler starts an instance for the handed request.
+    let clusters = js.get_key_value(subjects::CLUSTERS_BUCKET).await.unwrap();
+    let spec: schemas::cluster::ClusterSpec = serde_json::from_slice(
+        &clusters
+            .get(schemas::cluster::spec_key("acct", open).unwrap())
+            .await
+            .unwrap()
+            .expect("a cluster spec"),
+    )
+    .unwrap();
+    assert_eq!(spec.model_id, open);
+    assert_eq!(spec.capacity.min, 0);
+    assert_eq!(spec.instance_type, "cpu");
 
     // Nothing left to hand to.
     assert!(

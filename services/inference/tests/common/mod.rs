@@ -58,6 +58,8 @@ pub fn config(model: &str) -> switchyard_inference::Config {
         "switchyard-inference",
         "--model",
         model,
+        "--account",
+        "dev",
         "--seal-key",
         "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
         "--ort-lib",

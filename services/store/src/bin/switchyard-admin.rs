@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use switchyard_store::billing::{self, Decimal};
 use switchyard_store::keys;
 use uuid::Uuid;
 
@@ -45,6 +46,38 @@ enum AccountCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Set the account's monthly open-model spend limit in USD (UTC calendar month).
+    /// Once the month's spend reaches it, new open-model requests get 402; alerts go
+    /// out at 80 % and 100 %. `none` removes the limit.
+    SetLimit {
+        /// The account id.
+        id: String,
+        /// USD per month, an exact decimal (`250`, `99.50`), or `none`.
+        #[arg(value_parser = parse_limit, allow_negative_numbers = true)]
+        usd: Limit,
+    },
+    /// Show the account's spend limit and this month's open-model spend.
+    Show {
+        /// The account id.
+        id: String,
+    },
+}
+
+/// A spend limit argument: an amount, or `none`.
+#[derive(Clone, Debug)]
+struct Limit(Option<Decimal>);
+
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(Limit(None));
+    }
+    let usd = Decimal::from_str_exact(text.trim().trim_start_matches('$')).map_err(|e| {
+        format!("'{text}' is not an amount in USD ({e}); e.g. 250 or 99.50, or none")
+    })?;
+    if usd.is_sign_negative() && !usd.is_zero() {
+        return Err(format!("'{text}' is negative"));
+    }
+    Ok(Limit(Some(usd.normalize())))
 }
 
 #[derive(Subcommand)]
@@ -108,6 +141,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Account(AccountCommand::Create { id, name }) => {
             let account = keys::create_account(&db, &id, name.as_deref()).await?;
             writeln!(out, "created account {} ({})", account.id, account.name)?;
+        }
+        Command::Account(AccountCommand::SetLimit { id, usd }) => {
+            billing::set_spend_limit(&db, &id, usd.0).await?;
+            match usd.0 {
+                Some(limit) => writeln!(out, "account {id}: monthly spend limit {limit} USD")?,
+                None => writeln!(out, "account {id}: no spend limit")?,
+            }
+        }
+        Command::Account(AccountCommand::Show { id }) => {
+            let account = keys::find_account(&db, &id)
+                .await?
+                .ok_or_else(|| switchyard_store::Error::UnknownAccount(id.clone()))?;
+            let month = billing::current_month();
+            let spent = billing::month_spend(&db, &id, month).await?;
+            let limit = billing::spend_limit(&db, &id).await?;
+            writeln!(out, "account:      {} ({})", account.id, account.name)?;
+            writeln!(
+                out,
+                "spend limit:  {}",
+                limit.map_or_else(|| "none".to_string(), |l| format!("{l} USD per month"))
+            )?;
+            writeln!(
+                out,
+                "spent in {}: {} USD (open models; exact)",
+                month.format("%Y-%m"),
+                spent.normalize()
+            )?;
         }
         Command::Key(KeyCommand::Create { account, name }) => {
             let (key, id) = keys::create_key(&db, &account, name.as_deref()).await?;

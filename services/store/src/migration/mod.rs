@@ -5,6 +5,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_accounts_and_api_keys;
+mod m20261201_000002_billing;
 
 /// All migrations of the Switchyard database.
 pub struct Migrator;
@@ -12,6 +13,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_accounts_and_api_keys::Migration)]
+        vec![
+            Box::new(m20261122_000001_accounts_and_api_keys::Migration),
+            Box::new(m20261201_000002_billing::Migration),
+        ]
     }
 }

@@ -149,6 +149,7 @@ impl Harness {
             reply: ReplyTarget::Stream { subject: reply },
             model: request.model.clone(),
             body: self.seal.seal(id, &plain).unwrap(),
+            start_by: None,
         };
         self.js
             .send_publish(

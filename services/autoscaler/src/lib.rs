@@ -1,0 +1,496 @@
+//! Switchyard's autoscaler: makes the instances of every cluster follow its queue.
+//!
+//! - [`decide`]: the scaling rule, a pure function (property-tested).
+//! - [`backend`]: where instances run — local processes or Kubernetes Deployments.
+//! - [`Reconciler`]: about once a second, for every cluster spec in KV `clusters`:
+//!   load = its consumer's `num_pending + num_ack_pending`; desired from [`decide`];
+//!   start or stop (drain) instances; write the cluster's status. Instances that died
+//!   unasked are billed up to their death from their heartbeat and replaced on the
+//!   next tick if the load still needs them. Clusters whose spec was deleted are
+//!   scaled to zero. Optionally the translator pool follows the closed-model queue.
+//! - [`metrics`]: instances and desired per pool, queue depth, decisions, cold starts.
+
+pub mod backend;
+pub mod config;
+pub mod decide;
+pub mod metrics;
+
+use std::collections::{BTreeMap, BTreeSet};
+use tokio::time::Instant;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, kv};
+use chrono::Utc;
+use futures::StreamExt;
+use schemas::cluster::{
+    ClusterSpec, ClusterState, ClusterStatus, InstanceHeartbeat, heartbeat_key, status_key,
+};
+use schemas::subjects::{self, model_token};
+use schemas::{InstanceState, UsageBody, UsageEvent};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use backend::{Backend, Pool};
+pub use config::{BackendKind, Config};
+use metrics::{DirectionLabels, Metrics, PoolLabels};
+
+/// Why the autoscaler could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What the reconciler remembers about a pool between ticks.
+#[derive(Debug)]
+struct Memory {
+    idle_since: Instant,
+    spec_modified: Option<chrono::DateTime<Utc>>,
+    /// When the pool's first instance was started from zero, and how many messages the
+    /// queue had delivered then: a delivery since means an instance is pulling.
+    cold_start: Option<(Instant, u64)>,
+}
+
+/// The reconcile loop's state.
+#[derive(Debug)]
+pub struct Reconciler {
+    config: Config,
+    js: jetstream::Context,
+    clusters: kv::Store,
+    instances: kv::Store,
+    pub backend: Backend,
+    pub metrics: Metrics,
+    memory: BTreeMap<Pool, Memory>,
+    consumers: BTreeMap<Pool, PullConsumer>,
+}
+
+impl Reconciler {
+    pub async fn new(
+        config: Config,
+        js: jetstream::Context,
+        backend: Backend,
+    ) -> Result<Self, Error> {
+        let bucket = |name: &'static str| {
+            let js = js.clone();
+            async move {
+                js.get_key_value(name).await.map_err(|e| {
+                    Error::Setup(format!(
+                        "KV bucket {name} not found ({e}); run `switchyard-nats apply` first"
+                    ))
+                })
+            }
+        };
+        Ok(Self {
+            clusters: bucket(subjects::CLUSTERS_BUCKET).await?,
+            instances: bucket(subjects::INSTANCES_BUCKET).await?,
+            config,
+            js,
+            backend,
+            metrics: Metrics::default(),
+            memory: BTreeMap::new(),
+            consumers: BTreeMap::new(),
+        })
+    }
+
+    /// Every cluster spec in KV, by pool.
+    async fn specs(&self) -> Result<BTreeMap<Pool, ClusterSpec>, String> {
+        let mut keys = self.clusters.keys().await.map_err(|e| e.to_string())?;
+        let mut specs = BTreeMap::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| e.to_string())?;
+            if !key.starts_with("spec.") {
+                continue;
+            }
+            let Some(value) = self.clusters.get(&key).await.map_err(|e| e.to_string())? else {
+                continue;
+            };
+            match serde_json::from_slice::<ClusterSpec>(&value) {
+                Ok(spec) => {
+                    specs.insert(
+                        Pool::Cluster {
+                            account: spec.account.clone(),
+                            model: spec.model_id.clone(),
+                        },
+                        spec,
+                    );
+                }
+                Err(e) => tracing::warn!(key, error = %e, "unreadable cluster spec; skipped"),
+            }
+        }
+        Ok(specs)
+    }
+
+    /// The queue (consumer) of `pool`, made on first use.
+    async fn queue(&mut self, pool: &Pool) -> Result<&mut PullConsumer, String> {
+        if !self.consumers.contains_key(pool) {
+            let consumer = match pool {
+                Pool::Cluster { account, model } => {
+                    let m = model_token(model).map_err(|e| e.to_string())?;
+                    let a = model_token(account).map_err(|e| e.to_string())?;
+                    switchyard_nats::ensure_open_model_consumer(&self.js, &m, &a)
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
+                Pool::Translators => self
+                    .js
+                    .get_stream(subjects::REQUESTS_STREAM)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get_consumer(subjects::TRANSLATOR_CONSUMER)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            };
+            self.consumers.insert(pool.clone(), consumer);
+        }
+        self.consumers
+            .get_mut(pool)
+            .ok_or_else(|| "consumer vanished".to_string())
+    }
+
+    /// One reconciliation of every pool.
+    pub async fn tick(&mut self) -> Result<(), String> {
+        for exited in self.backend.reap() {
+            if exited.unexpected {
+                self.metrics.crashes.inc();
+                tracing::warn!(pool = %exited.pool, instance = %exited.instance_id, status = %exited.status, "instance died; it will be replaced if the load needs it");
+                if let Pool::Cluster { account, model } = &exited.pool {
+                    self.bill_tail(account, model, &exited.instance_id, exited.at_ms)
+                        .await;
+                }
+            }
+        }
+        let specs = self.specs().await?;
+        for (pool, spec) in &specs {
+            let policy = decide::Policy {
+                min: spec.capacity.min,
+                max: spec.capacity.max,
+                target_concurrency: spec.target_concurrency,
+                timeout: self.config.idle_timeout(spec.timeout_minutes),
+                prewarm: spec.capacity.desired,
+            };
+            if let Err(e) = self.reconcile(pool, &policy, Some(spec)).await {
+                self.metrics.errors.inc();
+                tracing::warn!(pool = %pool, error = %e, "reconciling failed");
+            }
+        }
+        if self.config.translators_max > 0 {
+            let policy = decide::Policy {
+                min: self.config.translators_min,
+                max: self.config.translators_max,
+                target_concurrency: self.config.translator_target,
+                timeout: self
+                    .config
+                    .idle_timeout(schemas::cluster::DEFAULT_TIMEOUT_MINUTES),
+                prewarm: 0,
+            };
+            if let Err(e) = self.reconcile(&Pool::Translators, &policy, None).await {
+                self.metrics.errors.inc();
+                tracing::warn!(error = %e, "reconciling the translators failed");
+            }
+        }
+        // Clusters whose spec is gone: scale to zero, forget.
+        let known: BTreeSet<&Pool> = specs.keys().collect();
+        for pool in self.backend.pools() {
+            if matches!(pool, Pool::Cluster { .. }) && !known.contains(&pool) {
+                tracing::info!(pool = %pool, "cluster deleted; stopping its instances");
+                self.backend.scale(&pool, 0).await?;
+                if let Pool::Cluster { account, model } = &pool
+                    && let Ok(key) = status_key(account, model)
+                {
+                    let _ = self.clusters.delete(key).await;
+                }
+            }
+        }
+        self.memory
+            .retain(|p, _| known.contains(p) || *p == Pool::Translators);
+        Ok(())
+    }
+
+    async fn reconcile(
+        &mut self,
+        pool: &Pool,
+        policy: &decide::Policy,
+        spec: Option<&ClusterSpec>,
+    ) -> Result<(), String> {
+        let info = self
+            .queue(pool)
+            .await?
+            .info()
+            .await
+            .map_err(|e| e.to_string())?;
+        let load = info.num_pending + info.num_ack_pending as u64;
+        let waiting = info.num_waiting;
+        let delivered = info.delivered.consumer_sequence;
+        let inferences = info.ack_floor.consumer_sequence;
+        let last_inference_at = info.ack_floor.last_active.and_then(|t| {
+            chrono::DateTime::<Utc>::from_timestamp(t.unix_timestamp(), t.nanosecond())
+        });
+        let now = Instant::now();
+        let memory = self.memory.entry(pool.clone()).or_insert(Memory {
+            idle_since: now,
+            spec_modified: spec.map(|s| s.modified),
+            cold_start: None,
+        });
+        if load > 0 {
+            memory.idle_since = now;
+        }
+        // A changed spec (e.g. a new pre-warm count) restarts the idle clock.
+        if let Some(s) = spec
+            && memory.spec_modified != Some(s.modified)
+        {
+            memory.spec_modified = Some(s.modified);
+            memory.idle_since = now;
+        }
+        let current = self.backend.count(pool);
+        let want = decide::desired(policy, load, current, now.duration_since(memory.idle_since));
+        if let Some((started, delivered_then)) = memory.cold_start
+            && (waiting > 0 || delivered > delivered_then || current == 0)
+        {
+            if current > 0 {
+                let took = started.elapsed();
+                self.metrics.cold_start.observe(took.as_secs_f64());
+                tracing::info!(pool = %pool, ms = took.as_millis() as u64, "cold start done: the first instance is pulling");
+            }
+            memory.cold_start = None;
+        }
+        if want != current {
+            if current == 0 && want > 0 {
+                memory.cold_start = Some((now, delivered));
+            }
+            tracing::info!(pool = %pool, load, current, want, "scaling");
+            self.backend.scale(pool, want).await?;
+            self.metrics
+                .decisions
+                .get_or_create(&DirectionLabels {
+                    direction: if want > current { "up" } else { "down" }.into(),
+                })
+                .inc();
+        }
+        let labels = PoolLabels {
+            pool: pool.to_string(),
+        };
+        self.metrics
+            .instances
+            .get_or_create(&labels)
+            .set(i64::from(want));
+        self.metrics
+            .desired
+            .get_or_create(&labels)
+            .set(i64::from(want));
+        self.metrics
+            .queue_depth
+            .get_or_create(&labels)
+            .set(i64::try_from(load).unwrap_or(i64::MAX));
+        if let Pool::Cluster { account, model } = pool {
+            let state = if want == 0 {
+                ClusterState::Stopped
+            } else if want != current || waiting == 0 {
+                ClusterState::Scaling
+            } else if load == 0 {
+                ClusterState::Idle
+            } else {
+                ClusterState::Running
+            };
+            let ready = self.ready(account, model).await;
+            let status = ClusterStatus {
+                state,
+                instances: want,
+                ready,
+                desired: want,
+                load,
+                inferences,
+                last_inference_at,
+                updated: Utc::now(),
+            };
+            let key = status_key(account, model).map_err(|e| e.to_string())?;
+            let value = serde_json::to_vec(&status).map_err(|e| e.to_string())?;
+            self.clusters
+                .put(key, value.into())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Instances of a cluster whose heartbeat says `ready` (KV `instances`).
+    async fn ready(&self, account: &str, model: &str) -> u32 {
+        let Ok(prefix) = schemas::cluster::cluster_key(account, model) else {
+            return 0;
+        };
+        let Ok(mut keys) = self.instances.keys().await else {
+            return 0;
+        };
+        let mut ready = 0;
+        while let Some(Ok(key)) = keys.next().await {
+            if !key.starts_with(&format!("{prefix}.")) {
+                continue;
+            }
+            if let Ok(Some(v)) = self.instances.get(&key).await
+                && let Ok(beat) = serde_json::from_slice::<InstanceHeartbeat>(&v)
+                && beat.state == InstanceState::Ready
+            {
+                ready += 1;
+            }
+        }
+        ready
+    }
+
+    /// An instance died without reporting its last period: bill it from its heartbeat's
+    /// `billed_until_ms` to `at_ms`, under the id the instance would have used, and
+    /// record it as failed.
+    async fn bill_tail(&self, account: &str, model: &str, instance_id: &str, at_ms: i64) {
+        let Ok(key) = heartbeat_key(account, model, instance_id) else {
+            return;
+        };
+        let beat = match self.instances.get(&key).await {
+            Ok(Some(v)) => serde_json::from_slice::<InstanceHeartbeat>(&v).ok(),
+            _ => None,
+        };
+        let Some(beat) = beat else {
+            tracing::warn!(
+                instance = instance_id,
+                "no heartbeat: the dead instance's last seconds cannot be billed"
+            );
+            return;
+        };
+        let mut events = Vec::new();
+        if at_ms > beat.billed_until_ms {
+            events.push(UsageEvent {
+                schema_version: schemas::SCHEMA_VERSION,
+                event_id: UsageEvent::period_id(instance_id, beat.billed_until_ms),
+                account: account.to_string(),
+                emitted_at: Utc::now(),
+                body: UsageBody::InstancePeriod {
+                    cluster: model.to_string(),
+                    model: model.to_string(),
+                    instance_type: beat.instance_type.clone(),
+                    instance_id: instance_id.to_string(),
+                    start_ms: beat.billed_until_ms,
+                    end_ms: at_ms,
+                },
+            });
+        }
+        events.push(UsageEvent {
+            schema_version: schemas::SCHEMA_VERSION,
+            event_id: UsageEvent::lifecycle_id(instance_id, InstanceState::Failed),
+            account: account.to_string(),
+            emitted_at: Utc::now(),
+            body: UsageBody::Lifecycle {
+                cluster: model.to_string(),
+                model: model.to_string(),
+                instance_type: beat.instance_type.clone(),
+                instance_id: instance_id.to_string(),
+                state: InstanceState::Failed,
+                at_ms,
+            },
+        });
+        for event in events {
+            let (Ok(subject), Ok(payload)) = (event.subject(), schemas::encode(&event)) else {
+                continue;
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(schemas::headers::MSG_ID, event.event_id.as_str());
+            let stored = match self
+                .js
+                .publish_with_headers(subject, headers, payload.into())
+                .await
+            {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if !stored {
+                tracing::warn!(event = %event.event_id, "usage of a dead instance not stored");
+            }
+        }
+        let _ = self.instances.delete(&key).await;
+    }
+}
+
+/// Builds the configured backend.
+pub fn backend(config: &Config) -> Result<Backend, Error> {
+    Ok(match config.backend {
+        BackendKind::Process => Backend::Process(backend::process::ProcessBackend::new(
+            config
+                .inference_bin
+                .clone()
+                .unwrap_or_else(|| Config::sibling("switchyard-inference")),
+            config
+                .translator_bin
+                .clone()
+                .unwrap_or_else(|| Config::sibling("switchyard-translator")),
+            config.log_dir.clone(),
+            Vec::new(),
+        )),
+        BackendKind::Kubernetes => Backend::Kubernetes(
+            backend::kubernetes::KubernetesBackend::in_cluster(
+                config.k8s_namespace.clone(),
+                config.k8s_image.clone(),
+            )
+            .map_err(Error::Setup)?,
+        ),
+    })
+}
+
+/// Connects, serves `/healthz` and `/metrics`, and reconciles every `tick` until
+/// `shutdown`; then stops the instances it started (process backend).
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let backend = backend(&config)?;
+    serve(listener, config, backend, shutdown).await
+}
+
+/// Like [`run`] with the listener and backend given (tests).
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    backend: Backend,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let client = async_nats::ConnectOptions::new()
+        .name("switchyard-autoscaler")
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| Error::Connect {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    let js = jetstream::new(client);
+    let tick = config.tick();
+    let mut reconciler = Reconciler::new(config, js, backend).await?;
+    let metrics = reconciler.metrics.clone();
+    let app = switchyard_telemetry::health_router(|| true, move || metrics.render());
+    let http = switchyard_telemetry::serve_health(listener, app, shutdown.clone());
+    let reconciling = async {
+        let mut every = tokio::time::interval(tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            if let Err(e) = reconciler.tick().await {
+                reconciler.metrics.errors.inc();
+                tracing::warn!(error = %e, "reconciliation failed");
+            }
+        }
+        tracing::info!("autoscaler stopping; draining the instances it started");
+        reconciler.backend.shutdown().await;
+    };
+    tracing::info!(tick_ms = tick.as_millis() as u64, "autoscaler reconciling");
+    tokio::join!(http, reconciling);
+    Ok(())
+}

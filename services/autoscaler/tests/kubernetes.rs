@@ -1,0 +1,138 @@
+//! The Kubernetes backend against a stand-in API server that checks each request as
+//! the real one would (path, verb, content type, bearer token, body).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{patch, post};
+use switchyard_autoscaler::Pool;
+use switchyard_autoscaler::backend::kubernetes::{KubernetesBackend, deployment_name};
+
+#[derive(Default)]
+struct Api {
+    deployments: Mutex<Vec<(String, serde_json::Value)>>,
+    scales: Mutex<Vec<(String, u64)>>,
+}
+
+async fn scale(
+    State(api): State<Arc<Api>>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    assert_eq!(ns, "switchyard");
+    assert_eq!(headers["authorization"], "Bearer sa-token");
+    assert_eq!(headers["content-type"], "application/merge-patch+json");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let replicas = body["spec"]["replicas"].as_u64().unwrap();
+    if !api
+        .deployments
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(n, _)| *n == name)
+    {
+        return StatusCode::NOT_FOUND;
+    }
+    api.scales.lock().unwrap().push((name, replicas));
+    StatusCode::OK
+}
+
+async fn create(
+    State(api): State<Arc<Api>>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    assert_eq!(ns, "switchyard");
+    assert_eq!(headers["authorization"], "Bearer sa-token");
+    let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let name = manifest["metadata"]["name"].as_str().unwrap().to_string();
+    api.deployments.lock().unwrap().push((name, manifest));
+    StatusCode::CREATED
+}
+
+#[tokio::test]
+async fn scaling_creates_the_deployment_once_then_patches_its_replicas() {
+    let api = Arc::new(Api::default());
+    let app = axum::Router::new()
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale",
+            patch(scale),
+        )
+        .route("/apis/apps/v1/namespaces/{ns}/deployments", post(create))
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut backend = KubernetesBackend::new(
+        format!("http://{addr}"),
+        Some("sa-token".into()),
+        None,
+        "switchyard".into(),
+        "registry.example/switchyard-inference:1".into(),
+    )
+    .unwrap();
+    let pool = Pool::Cluster {
+        account: "acme".into(),
+        model: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+    };
+    backend.scale(&pool, 2).await.unwrap();
+    assert_eq!(backend.count(&pool), 2);
+    backend.scale(&pool, 0).await.unwrap();
+    assert_eq!(backend.count(&pool), 0);
+
+    let name = deployment_name(&pool);
+    assert!(
+        name.len() <= 63 && name.starts_with("sy-smollm2-135m-instruct-"),
+        "{name}"
+    );
+    assert!(
+        name.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    );
+    let deployments = api.deployments.lock().unwrap().clone();
+    assert_eq!(deployments.len(), 1, "created once");
+    let (created, manifest) = &deployments[0];
+    assert_eq!(*created, name);
+    assert_eq!(manifest["spec"]["replicas"], 2);
+    let container = &manifest["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        "registry.example/switchyard-inference:1"
+    );
+    assert_eq!(container["resources"]["limits"]["nvidia.com/gpu"], 1);
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    assert!(env.contains(&(
+        "INFERENCE_MODEL".into(),
+        "HuggingFaceTB/SmolLM2-135M-Instruct".into()
+    )));
+    assert!(env.contains(&("INFERENCE_ACCOUNT".into(), "acme".into())));
+    // Scale to 2 came first as a 404 (no Deployment yet), then the later PATCH went through.
+    assert_eq!(*api.scales.lock().unwrap(), vec![(name, 0)]);
+    // A different account's cluster of the same model is a different Deployment.
+    let other = Pool::Cluster {
+        account: "other".into(),
+        model: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+    };
+    assert_ne!(deployment_name(&other), deployment_name(&pool));
+}

@@ -1,0 +1,499 @@
+//! The autoscaler against a real nats-server with real inference worker processes
+//! (the MiniLM and SmolLM2 models on CPU).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use chrono::Utc;
+use clap::Parser;
+use futures::StreamExt;
+use schemas::cluster::{Capacity, ClusterSpec, ClusterState, ClusterStatus, InstanceHeartbeat};
+use schemas::subjects;
+use schemas::{
+    ChatRequest, InstanceState, Message, Params, ReplyChunk, ReplyTarget, RequestEnvelope, Role,
+    SealKey, SealedRequest, TaskInput, UsageBody, UsageEvent,
+};
+use switchyard_autoscaler::backend::process::ProcessBackend;
+use switchyard_autoscaler::{Backend, Config};
+use switchyard_nats::testing::NatsServer;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+const SMOLLM: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A workspace binary next to this test's (`just test` builds them all first).
+fn sibling_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` (just test does)",
+        bin.display()
+    );
+    bin
+}
+
+fn ort_lib() -> PathBuf {
+    if let Some(p) = std::env::var_os("SWITCHYARD_ORT_LIB") {
+        return PathBuf::from(p);
+    }
+    let lib = repo().join(".tools/venv/lib");
+    for py in std::fs::read_dir(&lib).unwrap().flatten() {
+        let capi = py.path().join("site-packages/onnxruntime/capi");
+        if let Ok(dir) = std::fs::read_dir(&capi) {
+            for f in dir.flatten() {
+                if f.file_name()
+                    .to_string_lossy()
+                    .starts_with("libonnxruntime.so.")
+                {
+                    return f.path();
+                }
+            }
+        }
+    }
+    panic!("no ONNX Runtime library under {}", lib.display());
+}
+
+struct Harness {
+    _nats: NatsServer,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    clusters: kv::Store,
+    seal: SealKey,
+    shutdown: CancellationToken,
+    metrics_url: String,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start(idle_minute_ms: u64) -> Harness {
+    let nats = NatsServer::start().unwrap();
+    let client = nats.connect_and_apply().await.unwrap();
+    let js = jetstream::new(client.clone());
+    let seal_text = SealKey::generate_base64();
+    let seal = SealKey::from_base64("default", &seal_text).unwrap();
+    let clusters = js.get_key_value(subjects::CLUSTERS_BUCKET).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    let config = Config::parse_from([
+        "switchyard-autoscaler",
+        "--nats-url",
+        nats.url(),
+        "--tick-ms",
+        "200",
+        "--idle-minute-ms",
+        &idle_minute_ms.to_string(),
+    ]);
+    let env = vec![
+        ("NATS_URL".into(), nats.url().to_string()),
+        ("SWITCHYARD_SEAL_KEY".into(), seal_text),
+        ("SWITCHYARD_ORT_LIB".into(), ort_lib().display().to_string()),
+        (
+            "SWITCHYARD_MODELS_DIR".into(),
+            std::env::var("SWITCHYARD_MODELS_DIR")
+                .unwrap_or_else(|_| repo().join(".models").display().to_string()),
+        ),
+        ("INFERENCE_EXECUTION_PROVIDERS".into(), "cpu".into()),
+        ("INFERENCE_THREADS".into(), "1".into()),
+        ("INFERENCE_USAGE_PERIOD_MS".into(), "300".into()),
+        ("NO_COLOR".into(), "1".into()),
+        ("RUST_LOG".into(), "warn".into()),
+    ];
+    let backend = Backend::Process(ProcessBackend::new(
+        sibling_bin("switchyard-inference"),
+        sibling_bin("switchyard-translator"),
+        None,
+        env,
+    ));
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        switchyard_autoscaler::serve(listener, config, backend, token)
+            .await
+            .unwrap();
+    });
+    Harness {
+        _nats: nats,
+        js,
+        client,
+        clusters,
+        seal,
+        shutdown,
+        metrics_url,
+    }
+}
+
+impl Harness {
+    async fn put_spec(&self, model: &str, min: u32, max: u32, desired: u32) {
+        let now = Utc::now();
+        let spec = ClusterSpec {
+            account: "dev".into(),
+            model_id: model.into(),
+            capacity: Capacity { min, desired, max },
+            timeout_minutes: 1,
+            instance_type: "cpu".into(),
+            target_concurrency: 1,
+            created: now,
+            modified: now,
+        };
+        self.clusters
+            .put(
+                schemas::cluster::spec_key("dev", model).unwrap(),
+                serde_json::to_vec(&spec).unwrap().into(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn status(&self, model: &str) -> Option<ClusterStatus> {
+        self.clusters
+            .get(schemas::cluster::status_key("dev", model).unwrap())
+            .await
+            .unwrap()
+            .map(|v| serde_json::from_slice(&v).unwrap())
+    }
+
+    /// Polls the cluster's status until `pred` holds (bounded); returns the statuses seen.
+    async fn wait_status(
+        &self,
+        model: &str,
+        what: &str,
+        pred: impl Fn(&ClusterStatus) -> bool,
+    ) -> ClusterStatus {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.status(model).await
+                && pred(&s)
+            {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(&self.metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Publishes like the ingress does; returns the reply subscription.
+    async fn publish(&self, model: &str, sealed: SealedRequest) -> (Uuid, async_nats::Subscriber) {
+        let id = Uuid::now_v7();
+        let reply = format!("reply.test.{}", id.simple());
+        let sub = self.client.subscribe(reply.clone()).await.unwrap();
+        let envelope = RequestEnvelope {
+            schema_version: schemas::SCHEMA_VERSION,
+            request_id: id,
+            account: "dev".into(),
+            created_at: Utc::now(),
+            deadline: Utc::now() + chrono::Duration::seconds(120),
+            reply: ReplyTarget::Stream { subject: reply },
+            model: model.into(),
+            body: self
+                .seal
+                .seal(id, &schemas::encode(&sealed).unwrap())
+                .unwrap(),
+            start_by: None,
+        };
+        self.js
+            .send_publish(
+                subjects::open_request_for(model, "dev").unwrap(),
+                jetstream::message::PublishMessage::build()
+                    .payload(schemas::encode(&envelope).unwrap().into())
+                    .message_id(id.to_string()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        (id, sub)
+    }
+
+    async fn usage_events(&self) -> Vec<UsageEvent> {
+        switchyard_nats::testing::stream_contents(&self.js, subjects::USAGE_STREAM)
+            .await
+            .unwrap()
+            .iter()
+            .map(|(_, payload)| schemas::decode(payload).unwrap())
+            .collect()
+    }
+}
+
+fn request(model: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![],
+        params: Params::default(),
+        tools: vec![],
+        tool_choice: None,
+        stream: false,
+        fallback_models: vec![],
+    }
+}
+
+fn embed(text: &str) -> SealedRequest {
+    SealedRequest {
+        request: request(MINILM),
+        provider_key: None,
+        provider_keys: Default::default(),
+        task: Some(TaskInput::FeatureExtraction {
+            inputs: vec![text.into()],
+        }),
+    }
+}
+
+/// The reply chunks up to the last.
+async fn reply(sub: &mut async_nats::Subscriber) -> Vec<ReplyChunk> {
+    let mut chunks = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(90), sub.next())
+            .await
+            .expect("a reply within 90 s")
+            .unwrap();
+        let chunk: ReplyChunk = schemas::decode(&msg.payload).unwrap();
+        let last = chunk.last;
+        chunks.push(chunk);
+        if last {
+            return chunks;
+        }
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_burst_scales_up_to_max_from_zero_then_back_to_zero() {
+    // Idle "minutes" of 1.5 s: the cluster's 1-minute timeout passes within the test.
+    let h = start(1500).await;
+    h.put_spec(MINILM, 0, 2, 0).await;
+    let first = h
+        .wait_status(MINILM, "the cluster at rest", |s| {
+            s.state == ClusterState::Stopped
+        })
+        .await;
+    assert_eq!(first.instances, 0, "min 0 and no load: nothing runs");
+
+    // Four requests at once, one instance per request wanted, at most two.
+    let mut subs = Vec::new();
+    for i in 0..4 {
+        subs.push(h.publish(MINILM, embed(&format!("sentence {i}"))).await);
+    }
+    let mut most = 0;
+    let mut answered = 0;
+    for (_, sub) in &mut subs {
+        let chunks = reply(sub).await;
+        let last = chunks.last().unwrap();
+        assert!(last.error.is_none(), "{:?}", last.error);
+        assert!(last.output.is_some());
+        answered += 1;
+        if let Some(s) = h.status(MINILM).await {
+            most = most.max(s.instances);
+        }
+    }
+    assert_eq!(answered, 4);
+    // The loop records the cold start on the tick after the first instance pulled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&h.metrics().await, "autoscaler_cold_start_seconds_count") < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cold start was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = h.metrics().await;
+    let peak = metric(
+        &m,
+        "autoscaler_desired_instances{pool=\"dev/sentence-transformers/all-MiniLM-L6-v2\"}",
+    );
+    assert!(most <= 2 && peak <= 2.0, "never above max");
+    assert!(metric(&m, "autoscaler_scale_decisions_total{direction=\"up\"}") >= 1.0);
+
+    // Load gone: after the idle timeout, drained to zero (never below min = 0).
+    let rest = h
+        .wait_status(MINILM, "scale to zero", |s| {
+            s.state == ClusterState::Stopped && s.load == 0
+        })
+        .await;
+    assert_eq!(rest.instances, 0);
+    assert!(rest.inferences >= 4, "{rest:?}");
+    // Every instance's life is on record: started … stopped, with billed periods.
+    let events = h.usage_events().await;
+    let stopped = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.body,
+                UsageBody::Lifecycle {
+                    state: InstanceState::Stopped,
+                    ..
+                }
+            )
+        })
+        .count();
+    let started = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.body,
+                UsageBody::Lifecycle {
+                    state: InstanceState::Started,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(started, 2, "load 4, target 1, max 2: two instances");
+    assert_eq!(stopped, started, "each instance stopped cleanly");
+}
+
+#[tokio::test]
+async fn a_cluster_with_min_one_is_warm_before_the_first_request() {
+    let h = start(60_000).await;
+    h.put_spec(MINILM, 1, 2, 0).await;
+    let warm = h
+        .wait_status(MINILM, "a warm instance", |s| s.state == ClusterState::Idle)
+        .await;
+    assert_eq!(warm.instances, 1);
+    let cold_starts = metric(&h.metrics().await, "autoscaler_cold_start_seconds_count");
+    let (_, mut sub) = h.publish(MINILM, embed("no waiting")).await;
+    let chunks = reply(&mut sub).await;
+    assert!(chunks.last().unwrap().output.is_some());
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(&m, "autoscaler_cold_start_seconds_count"),
+        cold_starts,
+        "the request found a running instance: no new cold start"
+    );
+    assert_eq!(
+        metric(&m, "autoscaler_scale_decisions_total{direction=\"up\"}"),
+        1.0
+    );
+    // min 1: it stays, idle.
+    assert_eq!(h.status(MINILM).await.unwrap().instances, 1);
+}
+
+#[tokio::test]
+async fn a_killed_instance_is_replaced_its_request_answered_and_its_usage_billed() {
+    let h = start(60_000).await;
+    h.put_spec(SMOLLM, 1, 1, 0).await;
+    h.wait_status(SMOLLM, "a warm instance", |s| s.state == ClusterState::Idle)
+        .await;
+    let beats =
+        h.js.get_key_value(subjects::INSTANCES_BUCKET)
+            .await
+            .unwrap();
+    let (_, mut sub) = h
+        .publish(
+            SMOLLM,
+            SealedRequest {
+                request: ChatRequest {
+                    messages: vec![Message::text(
+                        Role::User,
+                        "Write a long story about a lighthouse.",
+                    )],
+                    params: Params {
+                        max_tokens: Some(60),
+                        temperature: Some(0.0),
+                        ..Params::default()
+                    },
+                    ..request(SMOLLM)
+                },
+                provider_key: None,
+                provider_keys: Default::default(),
+                task: None,
+            },
+        )
+        .await;
+    // The first chunk: the instance is generating. Kill it (-9: no drain, no goodbye).
+    let first: ReplyChunk = schemas::decode(&sub.next().await.unwrap().payload).unwrap();
+    assert_eq!(first.seq, 0);
+    let mut keys = beats.keys().await.unwrap();
+    let key = keys.next().await.unwrap().unwrap();
+    let beat: InstanceHeartbeat =
+        serde_json::from_slice(&beats.get(&key).await.unwrap().unwrap()).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &beat.pid.unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // After the ack wait, JetStream redelivers it to the replacement, which answers
+    // from the start (seq 0 again) to the end.
+    let mut restarted = false;
+    let mut last = None;
+    while last.is_none() {
+        let msg = tokio::time::timeout(Duration::from_secs(90), sub.next())
+            .await
+            .expect("the request is answered after the crash")
+            .unwrap();
+        let chunk: ReplyChunk = schemas::decode(&msg.payload).unwrap();
+        if chunk.seq == 0 {
+            restarted = true;
+        }
+        if chunk.last && restarted {
+            last = Some(chunk);
+        }
+    }
+    let last = last.unwrap();
+    assert!(last.error.is_none(), "{:?}", last.error);
+    assert!(last.usage.unwrap().output_tokens > 0);
+    let m = h.metrics().await;
+    assert_eq!(metric(&m, "autoscaler_crashes_total"), 1.0);
+    // The dead instance's seconds are billed up to its death, and it is marked failed.
+    let events = h.usage_events().await;
+    let dead = beat.instance_id.clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event_id == UsageEvent::lifecycle_id(&dead, InstanceState::Failed))
+    );
+    let mut periods: Vec<(i64, i64)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            UsageBody::InstancePeriod {
+                instance_id,
+                start_ms,
+                end_ms,
+                ..
+            } if *instance_id == dead => Some((*start_ms, *end_ms)),
+            _ => None,
+        })
+        .collect();
+    periods.sort();
+    assert_eq!(periods[0].0, beat.started_ms, "billed from its start");
+    for pair in periods.windows(2) {
+        assert_eq!(pair[0].1, pair[1].0, "no gap, no overlap: {periods:?}");
+    }
+    assert!(
+        periods.last().unwrap().1 >= beat.beat_ms,
+        "billed up to its death"
+    );
+}

@@ -1,0 +1,180 @@
+//! What an instance reports about itself: lifecycle events and instance-second periods
+//! to the USAGE stream, and a heartbeat in the KV bucket `instances`.
+//!
+//! Periods are consecutive and non-overlapping, `[billed_until, now)`, every
+//! [`Reporter::period`]; each has the deterministic id `period:<instance>:<start_ms>`,
+//! so a retried publish is counted once. The heartbeat carries `billed_until_ms`: when
+//! an instance dies without saying so, the autoscaler bills the rest from there to the
+//! death it noticed, under the id this instance would have used.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::Utc;
+use schemas::cluster::{InstanceHeartbeat, heartbeat_key};
+use schemas::{InstanceState, UsageBody, UsageEvent};
+
+/// Who this instance is, for its events.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub instance_id: String,
+    pub account: String,
+    pub model: String,
+    pub instance_type: String,
+    pub execution_provider: String,
+}
+
+/// Publishes an instance's usage and heartbeat.
+#[derive(Debug)]
+pub struct Reporter {
+    js: jetstream::Context,
+    kv: Option<jetstream::kv::Store>,
+    me: Identity,
+    started_ms: i64,
+    billed_until_ms: i64,
+    state: InstanceState,
+    /// How often a period is reported (and the heartbeat written).
+    pub period: Duration,
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl Reporter {
+    /// Starts the record: the `started` event, the first heartbeat.
+    pub async fn start(js: jetstream::Context, me: Identity, period: Duration) -> Self {
+        let kv = match js.get_key_value(schemas::subjects::INSTANCES_BUCKET).await {
+            Ok(kv) => Some(kv),
+            Err(e) => {
+                tracing::warn!(error = %e, "no instances bucket: no heartbeats (run `switchyard-nats apply`)");
+                None
+            }
+        };
+        let now = now_ms();
+        let mut r = Self {
+            js,
+            kv,
+            me,
+            started_ms: now,
+            billed_until_ms: now,
+            state: InstanceState::Started,
+            period,
+        };
+        r.lifecycle(InstanceState::Started).await;
+        r
+    }
+
+    /// Records a state change (`ready`, `draining`, `stopped`).
+    pub async fn lifecycle(&mut self, state: InstanceState) {
+        self.state = state;
+        let at = now_ms();
+        self.publish(UsageEvent {
+            schema_version: schemas::SCHEMA_VERSION,
+            event_id: UsageEvent::lifecycle_id(&self.me.instance_id, state),
+            account: self.me.account.clone(),
+            emitted_at: Utc::now(),
+            body: UsageBody::Lifecycle {
+                cluster: self.me.model.clone(),
+                model: self.me.model.clone(),
+                instance_type: self.me.instance_type.clone(),
+                instance_id: self.me.instance_id.clone(),
+                state,
+                at_ms: at,
+            },
+        })
+        .await;
+        self.beat().await;
+    }
+
+    /// Reports the period since the last one, then beats.
+    pub async fn tick(&mut self) {
+        let now = now_ms();
+        if now > self.billed_until_ms {
+            let start = self.billed_until_ms;
+            let ok = self
+                .publish(UsageEvent {
+                    schema_version: schemas::SCHEMA_VERSION,
+                    event_id: UsageEvent::period_id(&self.me.instance_id, start),
+                    account: self.me.account.clone(),
+                    emitted_at: Utc::now(),
+                    body: UsageBody::InstancePeriod {
+                        cluster: self.me.model.clone(),
+                        model: self.me.model.clone(),
+                        instance_type: self.me.instance_type.clone(),
+                        instance_id: self.me.instance_id.clone(),
+                        start_ms: start,
+                        end_ms: now,
+                    },
+                })
+                .await;
+            // Only a stored period moves the mark; otherwise the next tick covers it.
+            if ok {
+                self.billed_until_ms = now;
+            }
+        }
+        self.beat().await;
+    }
+
+    /// The last period, `stopped`, and the heartbeat removed.
+    pub async fn stop(&mut self) {
+        self.tick().await;
+        self.lifecycle(InstanceState::Stopped).await;
+        if let (Some(kv), Ok(key)) = (&self.kv, self.key()) {
+            let _ = kv.delete(key).await;
+        }
+    }
+
+    fn key(&self) -> Result<String, schemas::subjects::ModelIdError> {
+        heartbeat_key(&self.me.account, &self.me.model, &self.me.instance_id)
+    }
+
+    async fn beat(&self) {
+        let Some(kv) = &self.kv else { return };
+        let beat = InstanceHeartbeat {
+            instance_id: self.me.instance_id.clone(),
+            account: self.me.account.clone(),
+            model: self.me.model.clone(),
+            instance_type: self.me.instance_type.clone(),
+            state: self.state,
+            started_ms: self.started_ms,
+            billed_until_ms: self.billed_until_ms,
+            beat_ms: now_ms(),
+            execution_provider: Some(self.me.execution_provider.clone()),
+            pid: Some(std::process::id()),
+        };
+        let (Ok(key), Ok(value)) = (self.key(), serde_json::to_vec(&beat)) else {
+            return;
+        };
+        if let Err(e) = kv.put(key, value.into()).await {
+            tracing::warn!(error = %e, "heartbeat not written");
+        }
+    }
+
+    /// JetStream publish with an awaited PubAck and the event id as `Nats-Msg-Id`.
+    async fn publish(&self, event: UsageEvent) -> bool {
+        let (Ok(subject), Ok(payload)) = (event.subject(), schemas::encode(&event)) else {
+            return false;
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(schemas::headers::MSG_ID, event.event_id.as_str());
+        match self
+            .js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+        {
+            Ok(ack) => match ack.await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "usage event not stored");
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "usage event not published");
+                false
+            }
+        }
+    }
+}
