@@ -571,7 +571,7 @@ class Stack:
             name = "inference-" + model.rsplit("/", 1)[-1]
             self._add(Service(
                 name,
-                [str(binary)],
+                [str(cfg.bin_dir / INFERENCE_BIN)],
                 {**base_env, **inference_env, "INFERENCE_MODEL": model, "INFERENCE_ACCOUNT": "dev",
                  "INFERENCE_BIND": bind},
                 self.log_dir / f"{name}.log",
