@@ -5,6 +5,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # One shared cargo target dir for every clone on this machine (CI clones start warm).
 export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", env_var_or_default("HOME", "/tmp") / ".cache/switchyard/target")
+# Incremental caches grow without bound in a shared target dir (25 GB seen here) and
+# buy little for whole-workspace builds; `cargo` run by hand keeps its default.
+export CARGO_INCREMENTAL := env_var_or_default("CARGO_INCREMENTAL", "0")
 
 repo := justfile_directory()
 python := repo / ".tools/venv/bin/python"
@@ -56,7 +59,7 @@ test: tools build
         echo "cargo-nextest not found; using cargo test" >&2
         cargo test --workspace
     fi
-    SWITCHYARD_BIN_DIR="{{bin_dir}}" "{{python}}" -m pytest services/ingress/tests/sdk infra/models -q
+    SWITCHYARD_BIN_DIR="{{bin_dir}}" "{{python}}" -m pytest services/ingress/tests/sdk infra/models infra/k8s -q
 
 # Only the SDK end-to-end tests (after `just build`); extra args go to pytest.
 test-e2e *args: tools models build
@@ -65,6 +68,17 @@ test-e2e *args: tools models build
 # Benchmark: the mock provider directly vs. through Switchyard; appends to loadtest/RESULTS.md.
 bench *args: tools
     "{{python}}" loadtest/bench.py {{args}}
+
+# Open-model benchmark: inference engines vs. Python onnxruntime (and llama.cpp if LLAMA_BENCH, SMOLLM_GGUF are set).
+bench-inference *args: tools models
+    "{{python}}" loadtest/bench_inference.py {{args}}
+
+# Billing ingest: usage events/s into Postgres, exactly once (needs Postgres; appends to loadtest/RESULTS.md).
+bench-billing *args: tools
+    "{{python}}" loadtest/bench_billing.py {{args}}
+
+# Every benchmark with its defaults, one after the other (about 20 minutes).
+bench-all: bench bench-inference bench-billing
 
 # Formatting and clippy, warnings are errors.
 lint:

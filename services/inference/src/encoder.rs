@@ -2,10 +2,13 @@
 //! dynamic batching.
 //!
 //! One thread owns the ONNX Runtime session. Requests queue on a channel; the thread
-//! takes the first, waits up to `max_delay` for others until `max_batch` sequences are
-//! gathered, sorts the sequences by length (so each batch pads little), pads each batch
-//! to its own longest sequence, runs it, mean-pools over the attention mask and
-//! L2-normalises.
+//! takes the first and whatever else is queued, waits up to `max_delay` for others
+//! until `max_batch` sequences are gathered (only while requests have been coming
+//! together: see [`WAIT_FOR_COMPANY`]), sorts the sequences by length, splits them
+//! into model runs of similar lengths ([`plan_runs`]: padding a short sentence to a
+//! long one's length costs more than a run of its own), pads each run to its own
+//! longest sequence, runs it, mean-pools over the attention mask and L2-normalises.
+//! Each request is answered as soon as its last sequence is done (short ones first).
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -38,6 +41,12 @@ pub struct Batching {
     pub max_batch: usize,
     pub max_delay: Duration,
 }
+
+/// The encoder waits up to `max_delay` for more requests only while at least this
+/// share of recent batches had company (a moving average over about the last ten);
+/// otherwise a request runs at once, and requests that arrive during a run are batched
+/// anyway. A single sequential caller stops paying the delay after about ten requests.
+const WAIT_FOR_COMPANY: f64 = 0.1;
 
 /// Handle to the encoder thread; cheap to clone.
 #[derive(Clone)]
@@ -119,13 +128,16 @@ struct Engine {
 
 impl Engine {
     fn serve(&mut self, rx: &mpsc::Receiver<Job>) {
+        // How often recent batches had more than one request (moving average). Waiting
+        // `max_delay` for others pays only when requests come together; a lone caller
+        // would pay it on every request for nothing.
+        let mut company = 1.0f64;
         while let Ok(first) = rx.recv() {
             let mut sequences = first.texts.len();
             let mut jobs = vec![first];
-            let window_end = Instant::now() + self.batching.max_delay;
+            // What is queued already (it arrived while the last batch ran) joins at once.
             while sequences < self.batching.max_batch {
-                let left = window_end.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
+                match rx.try_recv() {
                     Ok(job) => {
                         sequences += job.texts.len();
                         jobs.push(job);
@@ -133,75 +145,132 @@ impl Engine {
                     Err(_) => break,
                 }
             }
+            if company >= WAIT_FOR_COMPANY {
+                let window_end = Instant::now() + self.batching.max_delay;
+                while sequences < self.batching.max_batch {
+                    let left = window_end.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(job) => {
+                            sequences += job.texts.len();
+                            jobs.push(job);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            let together = if jobs.len() > 1 { 1.0 } else { 0.0 };
+            company = 0.8 * company + 0.2 * together;
             let started = Instant::now();
             for job in &jobs {
                 self.metrics
                     .queue_delay
                     .observe(started.duration_since(job.queued).as_secs_f64());
             }
-            let texts: Vec<&str> = jobs
-                .iter()
-                .flat_map(|j| j.texts.iter().map(String::as_str))
-                .collect();
-            let result = self.encode(&texts);
-            let mut at = 0;
-            for job in jobs {
-                let n = job.texts.len();
-                let answer = match &result {
-                    Ok((vectors, tokens)) => Ok(Embedded {
-                        vectors: vectors[at..at + n].to_vec(),
-                        tokens: tokens[at..at + n].iter().sum(),
-                    }),
-                    Err(e) => Err(e.clone()),
-                };
-                at += n;
-                let _ = job.reply.send(answer);
+            self.answer(jobs);
+        }
+    }
+
+    /// Embeds the texts of `jobs` and answers each job as soon as its last text is
+    /// done. The texts are sorted by length (shortest first) and split into model runs
+    /// by [`plan_runs`], each padded to its own longest text.
+    fn answer(&mut self, jobs: Vec<Job>) {
+        let texts: Vec<&str> = jobs
+            .iter()
+            .flat_map(|j| j.texts.iter().map(String::as_str))
+            .collect();
+        let encodings = match self.tokenizer.encode_batch(texts, true) {
+            Ok(e) => e,
+            Err(e) => {
+                let e = format!("tokenization failed: {e}");
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        // Per text: its job. Per job: texts not yet embedded, and where its texts start.
+        let mut owner = Vec::with_capacity(encodings.len());
+        let mut left = Vec::with_capacity(jobs.len());
+        let mut first = Vec::with_capacity(jobs.len());
+        for (j, job) in jobs.iter().enumerate() {
+            first.push(owner.len());
+            left.push(job.texts.len());
+            owner.extend(std::iter::repeat_n(j, job.texts.len()));
+        }
+        let mut replies: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+        let mut vectors = vec![Vec::new(); encodings.len()];
+        let reply = |replies: &mut Vec<Option<Job>>, vectors: &mut [Vec<f32>], j: usize| {
+            if let Some(job) = replies[j].take() {
+                let range = first[j]..first[j] + job.texts.len();
+                let tokens = encodings[range.clone()]
+                    .iter()
+                    .map(|e| e.len() as u64)
+                    .sum();
+                let vectors = vectors[range].iter_mut().map(std::mem::take).collect();
+                let _ = job.reply.send(Ok(Embedded { vectors, tokens }));
+            }
+        };
+        // A request without texts is answered at once.
+        for (j, _) in left.iter().enumerate().filter(|(_, n)| **n == 0) {
+            reply(&mut replies, &mut vectors, j);
+        }
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].len());
+        let lengths: Vec<usize> = order.iter().map(|&i| encodings[i].len()).collect();
+        for run in plan_runs(&lengths, self.batching.max_batch) {
+            let batch = &order[run];
+            match self.run_batch(&encodings, batch) {
+                Ok(pooled) => {
+                    for (&i, v) in batch.iter().zip(pooled) {
+                        vectors[i] = v;
+                        left[owner[i]] -= 1;
+                        if left[owner[i]] == 0 {
+                            reply(&mut replies, &mut vectors, owner[i]);
+                        }
+                    }
+                }
+                Err(e) => {
+                    for job in replies.into_iter().flatten() {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                    return;
+                }
             }
         }
     }
 
-    /// Vectors and token counts for `texts`, in order.
-    fn encode(&mut self, texts: &[&str]) -> Result<(Vec<Vec<f32>>, Vec<u64>), String> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| format!("tokenization failed: {e}"))?;
-        let tokens: Vec<u64> = encodings.iter().map(|e| e.len() as u64).collect();
-        // Shortest first, so sequences of similar length share a batch.
-        let mut order: Vec<usize> = (0..encodings.len()).collect();
-        order.sort_by_key(|&i| encodings[i].len());
-        let mut vectors = vec![Vec::new(); encodings.len()];
-        for batch in order.chunks(self.batching.max_batch.max(1)) {
-            let longest = batch
+    /// Pooled vectors of the texts `batch` (indices into `encodings`), padded to the
+    /// longest of them.
+    fn run_batch(
+        &mut self,
+        encodings: &[tokenizers::Encoding],
+        batch: &[usize],
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let longest = batch
+            .iter()
+            .map(|&i| encodings[i].len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut ids = Array2::<i64>::zeros((batch.len(), longest));
+        let mut mask = Array2::<i64>::zeros((batch.len(), longest));
+        let mut types = Array2::<i64>::zeros((batch.len(), longest));
+        for (row, &i) in batch.iter().enumerate() {
+            let e = &encodings[i];
+            for (col, ((&id, &m), &t)) in e
+                .get_ids()
                 .iter()
-                .map(|&i| encodings[i].len())
-                .max()
-                .unwrap_or(0)
-                .max(1);
-            let mut ids = Array2::<i64>::zeros((batch.len(), longest));
-            let mut mask = Array2::<i64>::zeros((batch.len(), longest));
-            let mut types = Array2::<i64>::zeros((batch.len(), longest));
-            for (row, &i) in batch.iter().enumerate() {
-                let e = &encodings[i];
-                for (col, ((&id, &m), &t)) in e
-                    .get_ids()
-                    .iter()
-                    .zip(e.get_attention_mask())
-                    .zip(e.get_type_ids())
-                    .enumerate()
-                {
-                    ids[[row, col]] = i64::from(id);
-                    mask[[row, col]] = i64::from(m);
-                    types[[row, col]] = i64::from(t);
-                }
-            }
-            self.metrics.batch_size.observe(batch.len() as f64);
-            let pooled = self.run(ids, &mask, types)?;
-            for (row, &i) in batch.iter().enumerate() {
-                vectors[i] = pooled[row].clone();
+                .zip(e.get_attention_mask())
+                .zip(e.get_type_ids())
+                .enumerate()
+            {
+                ids[[row, col]] = i64::from(id);
+                mask[[row, col]] = i64::from(m);
+                types[[row, col]] = i64::from(t);
             }
         }
-        Ok((vectors, tokens))
+        self.metrics.batch_size.observe(batch.len() as f64);
+        self.run(ids, &mask, types)
     }
 
     fn run(
@@ -229,6 +298,51 @@ impl Engine {
             .map_err(|e| format!("last_hidden_state is not [batch, seq, dim]: {e}"))?;
         Ok(mean_pool_normalize(hidden, mask))
     }
+}
+
+/// Estimated cost of one model run over `rows` sequences padded to `len` tokens, in
+/// units of one token's work. Measured for this encoder on ONNX Runtime's CPU provider
+/// (1 thread, loadtest/RESULTS.md "open models"): a run costs about 16 tokens' worth on
+/// its own; work per token grows with the sequence length (attention) and with the
+/// batch's size in tokens (activations fall out of the cache), so one batch of 32 mixed
+/// lengths padded to the longest can cost more than the 32 sequences run one by one.
+fn run_cost(rows: usize, len: usize) -> f64 {
+    const RUN_OVERHEAD: f64 = 16.0;
+    const ATTENTION_LEN: f64 = 1024.0;
+    const CACHE_TOKENS: f64 = 8192.0;
+    let tokens = (rows * len) as f64;
+    RUN_OVERHEAD + tokens * (1.0 + len as f64 / ATTENTION_LEN) * (1.0 + tokens / CACHE_TOKENS)
+}
+
+/// Splits sequences sorted by length (`lengths`, ascending) into consecutive model
+/// runs of at most `max_batch`, each padded to its own longest, minimising the summed
+/// [`run_cost`] (dynamic programming; O(n · max_batch)). Similar lengths share a run;
+/// a long sequence among short ones runs apart instead of padding them all.
+pub fn plan_runs(lengths: &[usize], max_batch: usize) -> Vec<std::ops::Range<usize>> {
+    let n = lengths.len();
+    let max_batch = max_batch.max(1);
+    // best[j]: cheapest plan for the first j sequences; start[j]: where its last run starts.
+    let mut best = vec![f64::INFINITY; n + 1];
+    let mut start = vec![0; n + 1];
+    best[0] = 0.0;
+    for j in 1..=n {
+        let len = lengths[j - 1].max(1);
+        for i in j.saturating_sub(max_batch)..j {
+            let cost = best[i] + run_cost(j - i, len);
+            if cost < best[j] {
+                best[j] = cost;
+                start[j] = i;
+            }
+        }
+    }
+    let mut runs = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        runs.push(start[j]..j);
+        j = start[j];
+    }
+    runs.reverse();
+    runs
 }
 
 /// Mean over the positions the mask keeps, then scaled to unit length.
@@ -319,6 +433,35 @@ mod tests {
         // mean = (2, 2) → unit = (0.7071, 0.7071)
         assert!((v[0][0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
         assert!((v[0][1] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn runs_cover_everything_in_order_within_max_batch() {
+        let lengths: Vec<usize> = (0..100).map(|i| 3 + (i * 37) % 250).collect();
+        let mut lengths = lengths;
+        lengths.sort_unstable();
+        for max_batch in [1, 4, 32] {
+            let runs = plan_runs(&lengths, max_batch);
+            let mut next = 0;
+            for r in &runs {
+                assert_eq!(r.start, next);
+                assert!(!r.is_empty() && r.len() <= max_batch);
+                next = r.end;
+            }
+            assert_eq!(next, lengths.len());
+        }
+        assert!(plan_runs(&[], 32).is_empty());
+    }
+
+    #[test]
+    fn similar_lengths_share_a_run_and_a_long_one_runs_apart() {
+        // Short ones together: one run is cheaper than paying the overhead 8 times.
+        assert_eq!(plan_runs(&[8; 8], 32), vec![0..8]);
+        // A 200-token passage does not pad seven 10-token queries to its length.
+        let runs = plan_runs(&[10, 10, 11, 11, 12, 12, 12, 200], 32);
+        assert_eq!(runs, vec![0..7, 7..8]);
+        // Long sequences are cheaper one by one than padded into one big batch.
+        assert_eq!(plan_runs(&[250; 8], 32).len(), 8);
     }
 
     #[test]
