@@ -77,8 +77,16 @@ bench-inference *args: tools models
 bench-billing *args: tools
     "{{python}}" loadtest/bench_billing.py {{args}}
 
+# Streaming added TTFT and inter-chunk gap per provider grammar (OpenAI, Anthropic, Gemini).
+bench-stream *args: tools
+    "{{python}}" loadtest/bench.py --stream-providers {{args}}
+
+# Cold start, scale-up reaction and idle-shutdown accuracy of the autoscaler.
+bench-autoscaler *args: tools models
+    "{{python}}" loadtest/bench_autoscaler.py {{args}}
+
 # Every benchmark with its defaults, one after the other (about 20 minutes).
-bench-all: bench bench-inference bench-billing
+bench-all: bench bench-stream bench-inference bench-billing bench-autoscaler
 
 # Formatting and clippy, warnings are errors.
 lint:

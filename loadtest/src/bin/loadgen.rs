@@ -7,15 +7,25 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use switchyard_loadtest::cli;
-use switchyard_loadtest::loadgen::{self, LoadgenConfig, Summary};
+use switchyard_loadtest::loadgen::{self, LoadgenConfig, Provider, Summary};
 
-/// Open-loop load generator for a chat completions endpoint on this machine.
+/// Open-loop load generator for a chat endpoint on this machine, in OpenAI's,
+/// Anthropic's or Gemini's wire format.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version)]
 struct Args {
-    /// Full URL of the chat completions endpoint (loopback only).
+    /// Endpoint (loopback only): the full chat completions URL (openai), the full
+    /// messages URL, …/v1/messages (anthropic), or the API root, to which
+    /// /v1beta/models/{model}:streamGenerateContent?alt=sse (or :generateContent) is
+    /// added (gemini).
     #[arg(long, env = "LOADGEN_URL")]
     url: reqwest::Url,
+    /// Wire format: request body, required headers, URL shape and stream grammar.
+    /// Keys go in --header / LOADGEN_HEADERS: "Authorization: Bearer …" (openai),
+    /// "x-api-key: …" (anthropic; anthropic-version: 2023-06-01 is added unless given),
+    /// "x-goog-api-key: …" (gemini).
+    #[arg(long, env = "LOADGEN_PROVIDER", value_enum, default_value_t = Provider::OpenAi)]
+    provider: Provider,
     /// Offered rate in requests per second, kept whatever the server does.
     #[arg(long, env = "LOADGEN_RATE")]
     rate: f64,
@@ -37,13 +47,14 @@ struct Args {
         hide_env_values = true
     )]
     headers: Vec<String>,
-    /// Model to ask for.
-    #[arg(long, env = "LOADGEN_MODEL", default_value = "openai/gpt-4o-mini")]
-    model: String,
+    /// Model to ask for [default: openai/gpt-4o-mini, claude-3-5-haiku-latest,
+    /// gemini-2.0-flash by provider].
+    #[arg(long, env = "LOADGEN_MODEL")]
+    model: Option<String>,
     /// Text of the user message.
     #[arg(long, env = "LOADGEN_PROMPT", default_value = "hello")]
     prompt: String,
-    /// Stream (stream: true, include_usage) and also time first token and chunk gaps.
+    /// Stream (SSE in the provider's grammar) and also time first token and chunk gaps.
     #[arg(long, env = "LOADGEN_STREAM")]
     stream: bool,
     /// Per-request limit, from sending to the end of the body.
@@ -83,12 +94,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let config = LoadgenConfig {
         url: args.url,
+        provider: args.provider,
         rate: args.rate,
         duration: seconds("duration-secs", args.duration_secs)?,
         warmup: seconds("warmup-secs", args.warmup_secs)?,
         max_in_flight: args.max_in_flight,
         headers,
-        model: args.model,
+        model: args
+            .model
+            .unwrap_or_else(|| args.provider.default_model().to_owned()),
         prompt: args.prompt,
         stream: args.stream,
         timeout: seconds("timeout-secs", args.timeout_secs)?,

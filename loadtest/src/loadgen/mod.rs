@@ -1,4 +1,5 @@
-//! Open-loop load generator for an OpenAI-style chat completions endpoint.
+//! Open-loop load generator for a chat endpoint in OpenAI's, Anthropic's or Gemini's
+//! wire format ([`Provider`]; OpenAI is also what Switchyard's ingress speaks).
 //!
 //! Request `i` is scheduled at `t0 + i / rate` and leaves at that time whether or not
 //! earlier requests have finished, so a slow server meets the same offered load instead
@@ -9,7 +10,13 @@
 //! Requests scheduled during the warmup are sent but not recorded. `max_in_flight`
 //! bounds memory and sockets: a request due while that many are outstanding is not sent
 //! and counts as a `dropped` error. Only loopback targets are accepted.
+//!
+//! Streaming, each grammar is timed the same way: time to first token = from the
+//! scheduled send to the first event carrying output, gaps = between consecutive such
+//! events, latency = to the end of the body. A stream is ok only if its grammar's
+//! terminator arrived (`[DONE]`, `message_stop`, a `finishReason`) with no error event.
 
+mod provider;
 mod sse;
 mod summary;
 
@@ -25,6 +32,7 @@ use reqwest::{Client, Url};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use provider::{ANTHROPIC_VERSION, Provider};
 pub use summary::Summary;
 use summary::{ErrorKind, RunInfo, Stats, StreamTiming};
 
@@ -36,8 +44,12 @@ const MAX_RATE: f64 = 1_000_000.0;
 /// One load run.
 #[derive(Debug, Clone)]
 pub struct LoadgenConfig {
-    /// Full URL of the chat completions endpoint; must be loopback.
+    /// The endpoint; must be loopback. For OpenAI and Anthropic the full URL of the
+    /// chat completions / messages endpoint; for Gemini either that or the API root
+    /// (see [`Provider`]).
     pub url: Url,
+    /// Which wire format to speak.
+    pub provider: Provider,
     /// Offered rate, requests per second.
     pub rate: f64,
     /// Length of the measured window.
@@ -50,7 +62,7 @@ pub struct LoadgenConfig {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub model: String,
     pub prompt: String,
-    /// Ask for an SSE stream (with usage) and time the first token and chunk gaps.
+    /// Ask for an SSE stream and time the first token and chunk gaps.
     pub stream: bool,
     /// Per-request limit, from sending to the end of the body.
     pub timeout: Duration,
@@ -61,6 +73,7 @@ impl LoadgenConfig {
     pub fn new(url: Url, rate: f64) -> Self {
         LoadgenConfig {
             url,
+            provider: Provider::OpenAi,
             rate,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),
@@ -148,6 +161,12 @@ fn client(config: &LoadgenConfig) -> anyhow::Result<Client> {
     for (name, value) in &config.headers {
         headers.append(name.clone(), value.clone());
     }
+    // The grammar's own headers, unless the caller gave them.
+    for (name, value) in config.provider.required_headers() {
+        if !headers.contains_key(&name) {
+            headers.insert(name, value);
+        }
+    }
     let mut builder = Client::builder()
         .default_headers(headers)
         .no_proxy()
@@ -169,15 +188,9 @@ fn client(config: &LoadgenConfig) -> anyhow::Result<Client> {
 }
 
 fn request_body(config: &LoadgenConfig) -> anyhow::Result<Bytes> {
-    let mut body = serde_json::json!({
-        "model": config.model,
-        "messages": [{"role": "user", "content": config.prompt}],
-    });
-    if config.stream {
-        body["stream"] = true.into();
-        body["stream_options"] = serde_json::json!({"include_usage": true});
-    }
-    Ok(Bytes::from(serde_json::to_vec(&body)?))
+    config
+        .provider
+        .body(&config.model, &config.prompt, config.stream)
 }
 
 /// How many requests are due in `[0, t)`: indices `i` with `i / rate < t`. The small
@@ -202,6 +215,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     config.validate()?;
+    let url = config
+        .provider
+        .endpoint(&config.url, &config.model, config.stream)?;
+    check_loopback(&url)?;
     let client = client(config)?;
     let body = request_body(config)?;
     let rate = config.rate;
@@ -217,7 +234,8 @@ pub async fn run(
     let mut scheduled_measured = 0;
     let t0 = Instant::now();
     let measure_start = t0 + Duration::from_secs_f64(first_measured as f64 / rate);
-    tracing::info!(url = %config.url, rate, total, stream = config.stream, "load start");
+    let grammar = config.stream.then_some(config.provider);
+    tracing::info!(%url, provider = %config.provider, rate, total, stream = config.stream, "load start");
 
     let mut record = |stats: &mut Stats, outcome: Outcome| {
         if !outcome.measured {
@@ -257,12 +275,12 @@ pub async fn run(
         }
         stats.sent += u64::from(measured);
         stats.max_in_flight_seen = stats.max_in_flight_seen.max(tasks.len() as u64 + 1);
-        let request = client.post(config.url.clone()).body(body.clone());
-        let (stream, timeout) = (config.stream, config.timeout);
+        let request = client.post(url.clone()).body(body.clone());
+        let timeout = config.timeout;
         tasks.spawn(async move {
             let started = Instant::now();
             let result =
-                match tokio::time::timeout(timeout, exchange(request, stream, scheduled)).await {
+                match tokio::time::timeout(timeout, exchange(request, grammar, scheduled)).await {
                     Ok(result) => result,
                     Err(_) => Err(ErrorKind::Timeout),
                 };
@@ -291,7 +309,8 @@ pub async fn run(
     };
     tracing::info!(ok = stats.ok, sent = stats.sent, interrupted, "load done");
     Ok(stats.into_summary(RunInfo {
-        url: config.url.to_string(),
+        url: url.to_string(),
+        provider: config.provider,
         model: config.model.clone(),
         stream: config.stream,
         offered_rps: rate,
@@ -303,11 +322,11 @@ pub async fn run(
     }))
 }
 
-/// One request/response. Ok only for a 2xx whose body arrived whole (for a stream: up
-/// to `data: [DONE]`).
+/// One request/response. Ok only for a 2xx whose body arrived whole (for a stream, in
+/// `grammar`: with its terminator and no error event).
 async fn exchange(
     request: reqwest::RequestBuilder,
-    stream: bool,
+    grammar: Option<Provider>,
     scheduled: Instant,
 ) -> Result<StreamTiming, ErrorKind> {
     let response = request.send().await.map_err(|err| {
@@ -325,13 +344,13 @@ async fn exchange(
         let _ = response.bytes().await;
         return Err(ErrorKind::Http(status.as_u16()));
     }
-    if !stream {
+    let Some(grammar) = grammar else {
         response.bytes().await.map_err(|_| ErrorKind::Body)?;
         return Ok(StreamTiming::default());
-    }
+    };
 
     let mut timing = StreamTiming::default();
-    let mut scanner = sse::Scanner::default();
+    let mut scanner = sse::Scanner::new(grammar);
     let mut last_token: Option<Instant> = None;
     let mut done = false;
     let mut error = false;
@@ -445,6 +464,25 @@ mod tests {
         assert_eq!(due_before(Duration::ZERO, 200.0), 0);
         assert_eq!(due_before(Duration::from_millis(1005), 100.0), 101);
         assert_eq!(due_before(Duration::from_secs(1), 0.5), 1);
+    }
+
+    #[test]
+    fn gemini_target_is_checked_after_the_model_is_added() {
+        let config = LoadgenConfig {
+            provider: Provider::Gemini,
+            stream: true,
+            model: "m".into(),
+            ..LoadgenConfig::new(url("http://127.0.0.1:9/"), 1.0)
+        };
+        let target = config
+            .provider
+            .endpoint(&config.url, &config.model, config.stream)
+            .unwrap();
+        assert!(check_loopback(&target).is_ok());
+        assert_eq!(
+            target.as_str(),
+            "http://127.0.0.1:9/v1beta/models/m:streamGenerateContent?alt=sse"
+        );
     }
 
     #[test]

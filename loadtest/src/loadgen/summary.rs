@@ -7,6 +7,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::provider::Provider;
+
 /// Why a request did not count as ok.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ErrorKind {
@@ -20,7 +22,8 @@ pub(crate) enum ErrorKind {
     Request,
     /// The body broke off mid-way (e.g. the connection was cut).
     Body,
-    /// A stream ended without `data: [DONE]`.
+    /// A stream ended without its grammar's terminator (`data: [DONE]`,
+    /// `message_stop`, a chunk with a `finishReason`).
     IncompleteStream,
     /// A stream carried an error event or a malformed `data:` line.
     StreamError,
@@ -109,7 +112,10 @@ impl Stats {
 /// send time; a percentile is `null` when nothing was recorded.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// The URL requests went to (for Gemini, with the model and method filled in).
     pub url: String,
+    /// The wire format spoken: `openai`, `anthropic` or `gemini`.
+    pub provider: Provider,
     pub model: String,
     pub stream: bool,
     /// The configured rate.
@@ -136,10 +142,11 @@ pub struct Summary {
     pub latency_p999_ms: Option<f64>,
     pub latency_max_ms: Option<f64>,
     pub latency_mean_ms: Option<f64>,
-    /// Time to first content chunk (streaming only).
+    /// Time to the first event carrying output (streaming only): an OpenAI chunk with
+    /// content, an Anthropic `content_block_delta`, a Gemini chunk with candidate text.
     pub ttft_p50_ms: Option<f64>,
     pub ttft_p99_ms: Option<f64>,
-    /// Gap between consecutive content chunks (streaming only).
+    /// Gap between consecutive events carrying output (streaming only).
     pub gap_p50_ms: Option<f64>,
     pub gap_p99_ms: Option<f64>,
     /// How late requests actually left versus their schedule: large values mean the
@@ -163,6 +170,7 @@ fn max_ms(h: &Histogram<u64>) -> Option<f64> {
 /// What [`Stats::into_summary`] needs besides the stats.
 pub(crate) struct RunInfo {
     pub url: String,
+    pub provider: Provider,
     pub model: String,
     pub stream: bool,
     pub offered_rps: f64,
@@ -192,6 +200,7 @@ impl Stats {
         let stream_only = |v: Option<f64>| if stream { v } else { None };
         Summary {
             url: info.url,
+            provider: info.provider,
             model: info.model,
             stream,
             offered_rps: info.offered_rps,
@@ -239,8 +248,8 @@ impl fmt::Display for Summary {
         let s = self;
         writeln!(
             f,
-            "target      {}  model {}  stream {}",
-            s.url, s.model, s.stream
+            "target      {}  provider {}  model {}  stream {}",
+            s.url, s.provider, s.model, s.stream
         )?;
         writeln!(
             f,

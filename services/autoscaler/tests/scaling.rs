@@ -17,8 +17,8 @@ use futures::StreamExt;
 use schemas::cluster::{Capacity, ClusterSpec, ClusterState, ClusterStatus, InstanceHeartbeat};
 use schemas::subjects;
 use schemas::{
-    ChatRequest, InstanceState, Message, Params, ReplyChunk, ReplyTarget, RequestEnvelope, Role,
-    SealKey, SealedRequest, TaskInput, UsageBody, UsageEvent,
+    ChatRequest, InstanceState, Message, Params, ReplyChunk, Role, SealKey, SealedRequest,
+    TaskInput, UsageBody, UsageEvent,
 };
 use switchyard_autoscaler::backend::process::ProcessBackend;
 use switchyard_autoscaler::{Backend, Config};
@@ -202,35 +202,16 @@ impl Harness {
 
     /// Publishes like the ingress does; returns the reply subscription.
     async fn publish(&self, model: &str, sealed: SealedRequest) -> (Uuid, async_nats::Subscriber) {
-        let id = Uuid::now_v7();
-        let reply = format!("reply.test.{}", id.simple());
-        let sub = self.client.subscribe(reply.clone()).await.unwrap();
-        let envelope = RequestEnvelope {
-            schema_version: schemas::SCHEMA_VERSION,
-            request_id: id,
-            account: "dev".into(),
-            created_at: Utc::now(),
-            deadline: Utc::now() + chrono::Duration::seconds(120),
-            reply: ReplyTarget::Stream { subject: reply },
-            model: model.into(),
-            body: self
-                .seal
-                .seal(id, &schemas::encode(&sealed).unwrap())
-                .unwrap(),
-            start_by: None,
-        };
-        self.js
-            .send_publish(
-                subjects::open_request_for(model, "dev").unwrap(),
-                jetstream::message::PublishMessage::build()
-                    .payload(schemas::encode(&envelope).unwrap().into())
-                    .message_id(id.to_string()),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        (id, sub)
+        assert_eq!(sealed.request.model, model);
+        switchyard_worker::testing::publish_request(
+            &self.client,
+            &self.seal,
+            "dev",
+            &sealed,
+            chrono::Duration::seconds(120),
+        )
+        .await
+        .unwrap()
     }
 
     async fn usage_events(&self) -> Vec<UsageEvent> {

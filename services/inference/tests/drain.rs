@@ -13,15 +13,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chrono::Utc;
-use futures::StreamExt;
 use schemas::subjects;
 use schemas::{
-    ChatRequest, FinishReason, InstanceState, Message, Params, ReplyChunk, ReplyTarget,
-    RequestEnvelope, Role, SealKey, SealedRequest, UsageBody, UsageEvent,
+    ChatRequest, FinishReason, InstanceState, Message, Params, ReplyChunk, Role, SealKey,
+    SealedRequest, UsageBody, UsageEvent,
 };
 use switchyard_nats::testing::NatsServer;
-use uuid::Uuid;
 
 #[tokio::test]
 async fn sigterm_drains_the_generation_in_progress() {
@@ -53,9 +50,6 @@ async fn sigterm_drains_the_generation_in_progress() {
         .spawn()
         .unwrap();
 
-    let id = Uuid::now_v7();
-    let reply = format!("reply.test.{}", id.simple());
-    let mut sub = client.subscribe(reply.clone()).await.unwrap();
     let sealed = SealedRequest {
         request: ChatRequest {
             model: common::SMOLLM.into(),
@@ -77,27 +71,15 @@ async fn sigterm_drains_the_generation_in_progress() {
         provider_keys: Default::default(),
         task: None,
     };
-    let envelope = RequestEnvelope {
-        schema_version: schemas::SCHEMA_VERSION,
-        request_id: id,
-        account: "dev".into(),
-        created_at: Utc::now(),
-        deadline: Utc::now() + chrono::Duration::seconds(120),
-        reply: ReplyTarget::Stream { subject: reply },
-        model: common::SMOLLM.into(),
-        body: seal.seal(id, &schemas::encode(&sealed).unwrap()).unwrap(),
-        start_by: None,
-    };
     // Published before the instance is up: the request waits in JetStream for it.
     let token = subjects::model_token(common::SMOLLM).unwrap();
-    js.send_publish(
-        subjects::open_request(&token, "dev"),
-        jetstream::message::PublishMessage::build()
-            .payload(schemas::encode(&envelope).unwrap().into())
-            .message_id(id.to_string()),
+    let (_, mut sub) = switchyard_worker::testing::publish_request(
+        &client,
+        &seal,
+        "dev",
+        &sealed,
+        chrono::Duration::seconds(120),
     )
-    .await
-    .unwrap()
     .await
     .unwrap();
 
@@ -214,9 +196,7 @@ async fn sigterm_drains_the_generation_in_progress() {
 }
 
 async fn next(sub: &mut async_nats::Subscriber) -> ReplyChunk {
-    let msg = tokio::time::timeout(Duration::from_secs(60), sub.next())
+    switchyard_worker::testing::next_chunk(sub, Duration::from_secs(60))
         .await
-        .expect("a chunk within 60 s")
-        .unwrap();
-    schemas::decode::<ReplyChunk>(&msg.payload).unwrap()
+        .unwrap()
 }

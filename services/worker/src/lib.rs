@@ -16,6 +16,8 @@
 
 pub mod cancels;
 pub mod sink;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod usage;
 
 use std::future::Future;

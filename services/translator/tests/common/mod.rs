@@ -13,12 +13,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chrono::Utc;
 use futures::StreamExt;
-use schemas::{
-    ChatRequest, Message, Params, ReplyChunk, ReplyTarget, RequestEnvelope, Role, SealKey,
-    SealedRequest,
-};
+use schemas::{ChatRequest, Message, Params, ReplyChunk, Role, SealKey, SealedRequest};
 use switchyard_loadtest::mock::openai::MockConfig;
 use switchyard_nats::testing::NatsServer;
 use switchyard_translator::Config;
@@ -129,40 +125,22 @@ impl Harness {
         sealed: SealedRequest,
         deadline_in: chrono::Duration,
     ) -> (Uuid, async_nats::Subscriber) {
-        let request = sealed.request.clone();
-        let subject = match schemas::subjects::route_model(&request.model).unwrap() {
-            schemas::subjects::ModelRoute::Closed { provider, .. } => {
-                schemas::subjects::closed_request(provider)
-            }
-            other => panic!("not a closed model: {other:?}"),
-        };
-        let id = Uuid::now_v7();
-        let reply = format!("reply.test.{}", id.simple());
-        let sub = self.client.subscribe(reply.clone()).await.unwrap();
-        let plain = schemas::encode(&sealed).unwrap();
-        let envelope = RequestEnvelope {
-            schema_version: 1,
-            request_id: id,
-            account: "dev".into(),
-            created_at: Utc::now(),
-            deadline: Utc::now() + deadline_in,
-            reply: ReplyTarget::Stream { subject: reply },
-            model: request.model.clone(),
-            body: self.seal.seal(id, &plain).unwrap(),
-            start_by: None,
-        };
-        self.js
-            .send_publish(
-                subject,
-                jetstream::message::PublishMessage::build()
-                    .payload(schemas::encode(&envelope).unwrap().into())
-                    .message_id(id.to_string()),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        (id, sub)
+        assert!(
+            matches!(
+                schemas::subjects::route_model(&sealed.request.model),
+                Ok(schemas::subjects::ModelRoute::Closed { .. })
+            ),
+            "not a closed model"
+        );
+        switchyard_worker::testing::publish_request(
+            &self.client,
+            &self.seal,
+            "dev",
+            &sealed,
+            deadline_in,
+        )
+        .await
+        .unwrap()
     }
 
     /// Publishes and collects the reply chunks up to the last.
