@@ -71,6 +71,8 @@ pub struct Reconciler {
     pub metrics: Metrics,
     memory: BTreeMap<Pool, Memory>,
     consumers: BTreeMap<Pool, PullConsumer>,
+    /// Ready instances per (account, model), read from the heartbeats once a tick.
+    ready: BTreeMap<(String, String), u32>,
 }
 
 impl Reconciler {
@@ -98,6 +100,7 @@ impl Reconciler {
             metrics: Metrics::default(),
             memory: BTreeMap::new(),
             consumers: BTreeMap::new(),
+            ready: BTreeMap::new(),
         })
     }
 
@@ -169,6 +172,7 @@ impl Reconciler {
             }
         }
         let specs = self.specs().await?;
+        self.ready = self.ready_counts().await;
         for (pool, spec) in &specs {
             let policy = decide::Policy {
                 min: spec.capacity.min,
@@ -281,7 +285,7 @@ impl Reconciler {
         self.metrics
             .instances
             .get_or_create(&labels)
-            .set(i64::from(want));
+            .set(i64::from(self.backend.count(pool)));
         self.metrics
             .desired
             .get_or_create(&labels)
@@ -300,7 +304,11 @@ impl Reconciler {
             } else {
                 ClusterState::Running
             };
-            let ready = self.ready(account, model).await;
+            let ready = self
+                .ready
+                .get(&(account.clone(), model.clone()))
+                .copied()
+                .unwrap_or(0);
             let status = ClusterStatus {
                 state,
                 instances: want,
@@ -321,24 +329,19 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Instances of a cluster whose heartbeat says `ready` (KV `instances`).
-    async fn ready(&self, account: &str, model: &str) -> u32 {
-        let Ok(prefix) = schemas::cluster::cluster_key(account, model) else {
-            return 0;
-        };
+    /// Instances whose heartbeat says `ready` (KV `instances`), per (account, model):
+    /// one pass over the bucket per tick, whatever the number of clusters.
+    async fn ready_counts(&self) -> BTreeMap<(String, String), u32> {
+        let mut ready = BTreeMap::new();
         let Ok(mut keys) = self.instances.keys().await else {
-            return 0;
+            return ready;
         };
-        let mut ready = 0;
         while let Some(Ok(key)) = keys.next().await {
-            if !key.starts_with(&format!("{prefix}.")) {
-                continue;
-            }
             if let Ok(Some(v)) = self.instances.get(&key).await
                 && let Ok(beat) = serde_json::from_slice::<InstanceHeartbeat>(&v)
                 && beat.state == InstanceState::Ready
             {
-                ready += 1;
+                *ready.entry((beat.account, beat.model)).or_insert(0) += 1;
             }
         }
         ready
