@@ -94,6 +94,10 @@ const EMBEDDED: &[(&str, &str)] = &[
     ),
     ("streams/BATCH.json", include_str!("../streams/BATCH.json")),
     (
+        "streams/BATCHWORK.json",
+        include_str!("../streams/BATCHWORK.json"),
+    ),
+    (
         "streams/RESULTS.json",
         include_str!("../streams/RESULTS.json"),
     ),
@@ -105,6 +109,14 @@ const EMBEDDED: &[(&str, &str)] = &[
     (
         "consumers/REQUESTS/translator.json",
         include_str!("../consumers/REQUESTS/translator.json"),
+    ),
+    (
+        "consumers/BATCH/batch-router.json",
+        include_str!("../consumers/BATCH/batch-router.json"),
+    ),
+    (
+        "consumers/BATCHWORK/translator-batch.json",
+        include_str!("../consumers/BATCHWORK/translator-batch.json"),
     ),
     (
         "consumers/USAGE/billing.json",
@@ -229,6 +241,12 @@ pub fn open_model_consumer_name(model_token: &str, account_token: &str) -> Strin
     format!("open__{model_token}__{account_token}")
 }
 
+/// The durable consumer of one cluster's batch queue (stream BATCHWORK):
+/// `batch__<model>__<account>`, named like [`open_model_consumer_name`].
+pub fn batch_consumer_name(model_token: &str, account_token: &str) -> String {
+    format!("batch__{model_token}__{account_token}")
+}
+
 /// Creates (or updates) the durable consumer of one cluster's queue — every instance
 /// of the cluster pulls from it, the autoscaler reads its backlog — from
 /// `templates/open-model-consumer.json` with `{model}` and `{account}` filled in.
@@ -239,11 +257,59 @@ pub async fn ensure_open_model_consumer(
     model_token: &str,
     account_token: &str,
 ) -> Result<jetstream::consumer::PullConsumer, Error> {
-    const TEMPLATE: &str = include_str!("../templates/open-model-consumer.json");
-    let name = open_model_consumer_name(model_token, account_token);
+    ensure_cluster_consumer(
+        js,
+        "REQUESTS",
+        ClusterTemplate {
+            path: "templates/open-model-consumer.json",
+            text: include_str!("../templates/open-model-consumer.json"),
+        },
+        model_token,
+        account_token,
+    )
+    .await
+}
+
+/// As [`ensure_open_model_consumer`], for the cluster's batch queue on BATCHWORK
+/// (`templates/batch-consumer.json`). The batch router makes it when it first queues
+/// work for the cluster, so the autoscaler sees the backlog before any instance runs.
+pub async fn ensure_batch_consumer(
+    js: &jetstream::Context,
+    model_token: &str,
+    account_token: &str,
+) -> Result<jetstream::consumer::PullConsumer, Error> {
+    ensure_cluster_consumer(
+        js,
+        "BATCHWORK",
+        ClusterTemplate {
+            path: "templates/batch-consumer.json",
+            text: include_str!("../templates/batch-consumer.json"),
+        },
+        model_token,
+        account_token,
+    )
+    .await
+}
+
+struct ClusterTemplate {
+    path: &'static str,
+    text: &'static str,
+}
+
+async fn ensure_cluster_consumer(
+    js: &jetstream::Context,
+    stream_name: &str,
+    template: ClusterTemplate,
+    model_token: &str,
+    account_token: &str,
+) -> Result<jetstream::consumer::PullConsumer, Error> {
+    let text = template
+        .text
+        .replace("{model}", model_token)
+        .replace("{account}", account_token);
     let fail = |message: String| Error::Consumer {
-        stream: "REQUESTS".into(),
-        name: name.clone(),
+        stream: stream_name.into(),
+        name: format!("{} for {model_token}/{account_token}", template.path),
         message,
     };
     for token in [model_token, account_token] {
@@ -251,17 +317,14 @@ pub async fn ensure_open_model_consumer(
             return Err(fail(format!("'{token}' is not a subject token")));
         }
     }
-    let text = TEMPLATE
-        .replace("{model}", model_token)
-        .replace("{account}", account_token);
     let config: jetstream::consumer::pull::Config =
         serde_json::from_str(&text).map_err(|source| Error::Parse {
-            path: "templates/open-model-consumer.json".into(),
+            path: template.path.into(),
             source,
         })?;
-    let stream = js.get_stream("REQUESTS").await.map_err(|e| {
+    let stream = js.get_stream(stream_name).await.map_err(|e| {
         fail(format!(
-            "stream REQUESTS not found ({e}); run `switchyard-nats apply` first"
+            "stream {stream_name} not found ({e}); run `switchyard-nats apply` first"
         ))
     })?;
     stream

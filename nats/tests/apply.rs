@@ -22,7 +22,7 @@ async fn apply_is_idempotent_and_creates_everything() {
     let first = apply(&js, &defs).await.unwrap();
     let second = apply(&js, &defs).await.unwrap();
     assert_eq!(first, second);
-    assert_eq!(first.streams.len(), 5);
+    assert_eq!(first.streams.len(), 6);
 
     let mut requests = js.get_stream("REQUESTS").await.unwrap();
     let info = requests.info().await.unwrap();

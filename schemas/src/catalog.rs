@@ -46,6 +46,16 @@ impl Task {
     }
 }
 
+/// The catalog task a request asks for: chat unless it carries another task.
+pub fn task_of(task: Option<&crate::task::TaskInput>) -> Task {
+    use crate::task::TaskInput;
+    match task {
+        None => Task::Chat,
+        Some(TaskInput::FeatureExtraction { .. }) => Task::FeatureExtraction,
+        Some(TaskInput::ZeroShotClassification { .. }) => Task::ZeroShotClassification,
+    }
+}
+
 /// One catalog entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

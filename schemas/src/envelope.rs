@@ -43,13 +43,22 @@ pub enum ReplyTarget {
     /// Stream [`crate::ReplyChunk`]s over core NATS to this subject
     /// (`reply.<ingress>.<request>`); the HTTP caller is waiting.
     Stream { subject: String },
+    /// Publish one whole [`crate::BatchResult`] to this subject
+    /// (`res.<account>.<job>.<request>`, stream RESULTS) with JetStream, deduplicated by
+    /// request id. Batch work: nobody waits on a connection.
+    Result { subject: String, job: String },
 }
 
 impl ReplyTarget {
+    /// Whether this is batch work (a durable result, not a waiting caller).
+    pub fn is_batch(&self) -> bool {
+        matches!(self, ReplyTarget::Result { .. })
+    }
+
     /// The subject answers are published to.
     pub fn subject(&self) -> &str {
         match self {
-            ReplyTarget::Stream { subject } => subject,
+            ReplyTarget::Stream { subject } | ReplyTarget::Result { subject, .. } => subject,
         }
     }
 }

@@ -10,6 +10,8 @@ use schemars::{Schema, schema_for};
 /// `(file stem, schema)` for every message that crosses NATS.
 pub fn all() -> Vec<(&'static str, Schema)> {
     vec![
+        ("batch_request", schema_for!(crate::BatchRequest)),
+        ("batch_result", schema_for!(crate::BatchResult)),
         ("request_envelope", schema_for!(crate::RequestEnvelope)),
         ("sealed_request", schema_for!(crate::SealedRequest)),
         ("chat_request", schema_for!(crate::ChatRequest)),

@@ -2,6 +2,8 @@
 //!
 //! - [`envelope`]: the request envelope every request travels in (id, account, times,
 //!   schema version, reply target) with its sealed body.
+//! - [`batch`]: batch requests published straight to NATS and their durable results
+//!   (the contract: `schemas/BATCH.md`).
 //! - [`catalog`]: the model catalog (`schemas/catalog/models.json`).
 //! - [`chat`]: the normalized chat request every provider and worker understands.
 //! - [`cluster`]: cluster specs and status (KV `clusters`), instance heartbeats.
@@ -21,6 +23,7 @@
 //! Wire rules: fields are only ever added (as `Option` or with `#[serde(default)]`),
 //! never renamed or removed; a breaking change is a new type on a new subject.
 
+pub mod batch;
 pub mod catalog;
 pub mod chat;
 pub mod chunk;
@@ -35,6 +38,7 @@ pub mod subjects;
 pub mod task;
 pub mod usage;
 
+pub use batch::{BatchRequest, BatchResult};
 pub use chat::{ChatRequest, ContentPart, Message, Params, Role, Tool, ToolCall, ToolChoice};
 pub use chunk::{Delta, FinishReason, ReplyChunk, ToolCallDelta, Usage};
 pub use codec::{CodecError, decode, encode};

@@ -202,6 +202,10 @@ pub async fn serve(
     let consumer = switchyard_nats::ensure_open_model_consumer(&js, &token, &account_token)
         .await
         .map_err(|e| Error::Consumer(e.to_string()))?;
+    // The cluster's batch queue, served with idle capacity only.
+    let batch_consumer = switchyard_nats::ensure_batch_consumer(&js, &token, &account_token)
+        .await
+        .map_err(|e| Error::Consumer(e.to_string()))?;
     let tracker = TaskTracker::new();
     let cancels = switchyard_worker::Cancels::start(&client, &tracker, shutdown.clone())
         .await
@@ -265,11 +269,17 @@ pub async fn serve(
         health = ?addr,
         "inference instance consuming"
     );
-    let consuming =
-        switchyard_worker::consume(consumer, concurrency, &tracker, shutdown.clone(), {
+    let consuming = switchyard_worker::consume_with_batch(
+        consumer,
+        Some(batch_consumer),
+        concurrency,
+        &tracker,
+        shutdown.clone(),
+        {
             let worker = worker.clone();
             move |message| worker::handle(worker.clone(), message)
-        });
+        },
+    );
     let period = reporter.period;
     let reporting = async {
         let mut every = tokio::time::interval(period);

@@ -318,11 +318,7 @@ pub(crate) fn resolve<'a>(
 
 /// The catalog task a request asks for: chat unless it carries another task.
 pub(crate) fn task_of(task: Option<&TaskInput>) -> Task {
-    match task {
-        None => Task::Chat,
-        Some(TaskInput::FeatureExtraction { .. }) => Task::FeatureExtraction,
-        Some(TaskInput::ZeroShotClassification { .. }) => Task::ZeroShotClassification,
-    }
+    schemas::catalog::task_of(task)
 }
 
 /// `a, b and c`.

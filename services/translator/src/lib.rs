@@ -81,6 +81,7 @@ pub async fn serve(
         })?;
     let js = async_nats::jetstream::new(client.clone());
     let consumer = worker::consumer(&js).await.map_err(Error::Consumer)?;
+    let batch_consumer = worker::batch_consumer(&js).await.map_err(Error::Consumer)?;
     let http = reqwest::Client::builder()
         .connect_timeout(config.connect_timeout())
         .pool_max_idle_per_host(1024)
@@ -131,6 +132,7 @@ pub async fn serve(
     let result = worker::consume(
         worker,
         consumer,
+        Some(batch_consumer),
         config.concurrency as usize,
         &tracker,
         shutdown.clone(),

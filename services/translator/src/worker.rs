@@ -26,18 +26,27 @@ pub struct Worker {
     pub retry: RetryPolicy,
 }
 
-/// Pulls from the translator consumer until `shutdown`, at most `concurrency` at once.
+/// Pulls from the translator consumer until `shutdown`, at most `concurrency` at once;
+/// batch work (`batch`) only with idle capacity.
 pub async fn consume(
     worker: Arc<Worker>,
     consumer: PullConsumer,
+    batch: Option<PullConsumer>,
     concurrency: usize,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::Error> {
-    switchyard_worker::consume(consumer, concurrency, tracker, shutdown, move |message| {
-        let worker = worker.clone();
-        async move { handle(&worker, message).await }
-    })
+    switchyard_worker::consume_with_batch(
+        consumer,
+        batch,
+        concurrency,
+        tracker,
+        shutdown,
+        move |message| {
+            let worker = worker.clone();
+            async move { handle(&worker, message).await }
+        },
+    )
     .await
 }
 
@@ -279,22 +288,30 @@ async fn call_with_retries(
 
 /// The translator's durable consumer, which `switchyard-nats apply` creates.
 pub async fn consumer(js: &jetstream::Context) -> Result<PullConsumer, String> {
-    let stream = js
-        .get_stream(subjects::REQUESTS_STREAM)
-        .await
-        .map_err(|e| {
-            format!(
-                "stream {} not found ({e}); run `switchyard-nats apply` first",
-                subjects::REQUESTS_STREAM
-            )
-        })?;
+    applied_consumer(js, subjects::REQUESTS_STREAM, subjects::TRANSLATOR_CONSUMER).await
+}
+
+/// The translator's batch consumer (closed-model batch work), which `switchyard-nats
+/// apply` creates.
+pub async fn batch_consumer(js: &jetstream::Context) -> Result<PullConsumer, String> {
+    applied_consumer(
+        js,
+        subjects::BATCHWORK_STREAM,
+        subjects::TRANSLATOR_BATCH_CONSUMER,
+    )
+    .await
+}
+
+async fn applied_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> Result<PullConsumer, String> {
+    let stream = js.get_stream(stream).await.map_err(|e| {
+        format!("stream {stream} not found ({e}); run `switchyard-nats apply` first")
+    })?;
     stream
-        .get_consumer(subjects::TRANSLATOR_CONSUMER)
+        .get_consumer(name)
         .await
-        .map_err(|e| {
-            format!(
-                "consumer {} not found ({e}); run `switchyard-nats apply` first",
-                subjects::TRANSLATOR_CONSUMER
-            )
-        })
+        .map_err(|e| format!("consumer {name} not found ({e}); run `switchyard-nats apply` first"))
 }

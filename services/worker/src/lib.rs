@@ -31,13 +31,19 @@ use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use schemas::{ErrorBody, ErrorKind, RequestEnvelope, SealKey, SealedRequest};
+use schemas::{ErrorBody, ErrorKind, ReplyTarget, RequestEnvelope, SealKey, SealedRequest};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use cancels::{Cancels, Watch};
-pub use sink::{ChunkSink, SendError};
+pub use sink::{ChunkSink, ResultMeta, SendError, publish_result};
+
+/// Attempts a batch request gets: a request whose worker stopped (crashed, killed)
+/// this many times while running it is answered with an error result instead of
+/// being run again. (Interactive requests end with the consumers' `max_deliver`; the
+/// caller has long given up by then.)
+pub const MAX_BATCH_ATTEMPTS: i64 = 5;
 
 /// How long requests in progress get to finish after shutdown is signalled.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,6 +122,32 @@ where
     H: Fn(jetstream::Message) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
+    consume_with_batch(consumer, None, concurrency, tracker, shutdown, handle).await
+}
+
+/// How long a worker waits before asking an empty batch queue again (batch work is
+/// not latency-sensitive; interactive requests wake the loop at once).
+pub const BATCH_IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// [`consume`] with a second, lower-priority source: `batch` work is taken only with
+/// idle capacity. Whenever a slot is free, an interactive message that is ready goes
+/// first; only when none is waiting does the worker fetch batch messages — no more
+/// than it has free slots, without waiting (`no_wait`), so nothing sits prefetched
+/// and unstarted while interactive work runs. An empty batch queue is asked again
+/// after [`BATCH_IDLE_POLL`].
+pub async fn consume_with_batch<H, F>(
+    consumer: PullConsumer,
+    batch: Option<PullConsumer>,
+    concurrency: usize,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+    handle: H,
+) -> Result<(), async_nats::Error>
+where
+    H: Fn(jetstream::Message) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    use futures::FutureExt;
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut messages = consumer
         .stream()
@@ -124,6 +156,14 @@ where
         .expires(Duration::from_secs(30))
         .messages()
         .await?;
+    let mut batch_quiet_until = tokio::time::Instant::now();
+    let spawn = |message: jetstream::Message, permit: tokio::sync::OwnedSemaphorePermit| {
+        let run = handle(message);
+        tracker.spawn(async move {
+            run.await;
+            drop(permit);
+        });
+    };
     loop {
         // Take a permit first, so at most `concurrency` requests run at once (the pull
         // stream prefetches at most one batch beyond them).
@@ -131,18 +171,50 @@ where
             p = permits.clone().acquire_owned() => p?,
             () = shutdown.cancelled() => break,
         };
-        let next = tokio::select! {
-            m = messages.next() => m,
-            () = shutdown.cancelled() => break,
+        // Interactive work that is already here goes first.
+        let next = match messages.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                if let Some(batch) = &batch
+                    && tokio::time::Instant::now() >= batch_quiet_until
+                {
+                    let free = 1 + permits.available_permits();
+                    match fetch_now(batch, free).await {
+                        Ok(taken) if !taken.is_empty() => {
+                            let mut first = Some(permit);
+                            for message in taken {
+                                // Permits only come back while this loop runs, so the
+                                // `free` counted above are still free.
+                                let slot = match first.take() {
+                                    Some(p) => Some(p),
+                                    None => permits.clone().try_acquire_owned().ok(),
+                                };
+                                match slot {
+                                    Some(p) => spawn(message, p),
+                                    None => {
+                                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                        Ok(_) => batch_quiet_until = tokio::time::Instant::now() + BATCH_IDLE_POLL,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "batch pull error");
+                            batch_quiet_until = tokio::time::Instant::now() + BATCH_IDLE_POLL;
+                        }
+                    }
+                }
+                tokio::select! {
+                    m = messages.next() => m,
+                    // Time to look at the batch queue again (the permit is taken anew).
+                    () = tokio::time::sleep_until(batch_quiet_until), if batch.is_some() => continue,
+                    () = shutdown.cancelled() => break,
+                }
+            }
         };
         match next {
-            Some(Ok(message)) => {
-                let run = handle(message);
-                tracker.spawn(async move {
-                    run.await;
-                    drop(permit);
-                });
-            }
+            Some(Ok(message)) => spawn(message, permit),
             Some(Err(e)) => {
                 // Missed heartbeats and the like: the stream recovers by itself. Pause
                 // briefly so a lasting fault does not spin.
@@ -156,6 +228,19 @@ where
         }
     }
     Ok(())
+}
+
+/// Up to `max` messages `consumer` has now, without waiting for more.
+async fn fetch_now(
+    consumer: &PullConsumer,
+    max: usize,
+) -> Result<Vec<jetstream::Message>, async_nats::Error> {
+    let mut batch = consumer.fetch().max_messages(max).messages().await?;
+    let mut out = Vec::with_capacity(max);
+    while let Some(message) = batch.next().await {
+        out.push(message?);
+    }
+    Ok(out)
 }
 
 /// A request taken off the stream and opened, ready to run.
@@ -207,12 +292,25 @@ impl Intake {
             .and_then(|h| h.get(schemas::headers::TRACEPARENT))
             .map(|v| v.as_str().to_string())
             .filter(|v| schemas::headers::is_traceparent(v));
-        let mut sink = ChunkSink::new(
-            self.client.clone(),
-            envelope.reply.subject().to_string(),
-            envelope.request_id,
-            provider(&envelope),
-        );
+        let mut sink = match &envelope.reply {
+            ReplyTarget::Stream { subject } => ChunkSink::new(
+                self.client.clone(),
+                subject.clone(),
+                envelope.request_id,
+                provider(&envelope),
+            ),
+            ReplyTarget::Result { subject, job } => ChunkSink::for_result(
+                self.js.clone(),
+                subject.clone(),
+                envelope.request_id,
+                provider(&envelope),
+                ResultMeta {
+                    account: envelope.account.clone(),
+                    job: job.clone(),
+                    model: envelope.model.clone(),
+                },
+            ),
+        };
         let id = Some(envelope.request_id.to_string());
         if envelope.schema_version > schemas::SCHEMA_VERSION {
             let reason = format!(
@@ -239,13 +337,29 @@ impl Intake {
         if envelope.deadline < Utc::now() {
             self.expired.inc();
             tracing::info!(request_id = %envelope.request_id, "deadline passed before the request was run; dropped");
+            let reason = if sink.is_batch() {
+                "the job deadline passed before the request was run"
+            } else {
+                "the request waited past its deadline and was not run"
+            };
+            let _ = sink.fail(ErrorBody::new(ErrorKind::Timeout, reason)).await;
+            finish(message, &sink).await;
+            return None;
+        }
+        if sink.is_batch()
+            && let Ok(info) = message.info()
+            && info.delivered > MAX_BATCH_ATTEMPTS
+        {
+            tracing::warn!(request_id = %envelope.request_id, attempts = info.delivered - 1, "batch request never finished; answered with an error");
             let _ = sink
                 .fail(ErrorBody::new(
-                    ErrorKind::Timeout,
-                    "the request waited past its deadline and was not run",
+                    ErrorKind::Internal,
+                    format!(
+                        "the request was attempted {MAX_BATCH_ATTEMPTS} times and never finished (its worker stopped each time)"
+                    ),
                 ))
                 .await;
-            let _ = message.ack().await;
+            finish(message, &sink).await;
             return None;
         }
         let sealed: SealedRequest = match self
@@ -292,16 +406,26 @@ impl Intake {
         let Some((next, after)) = rest.split_first() else {
             return Err("no fallback model left".into());
         };
+        let batch = envelope.reply.is_batch();
         let subject = match subjects::route_model(next).map_err(|e| e.to_string())? {
+            ModelRoute::Closed { provider, .. } if batch => subjects::closed_batch_work(provider),
             ModelRoute::Closed { provider, .. } => subjects::closed_request(provider),
             ModelRoute::Open { token } => {
                 // As a first request through the ingress would: the account gets a
                 // cluster with the defaults, so the autoscaler starts an instance.
                 self.ensure_cluster(&envelope.account, next).await?;
-                subjects::open_request(
-                    &token,
-                    &subjects::model_token(&envelope.account).map_err(|e| e.to_string())?,
-                )
+                let account =
+                    subjects::model_token(&envelope.account).map_err(|e| e.to_string())?;
+                if batch {
+                    // Batch work for a cluster: its queue must exist for the autoscaler
+                    // to see it.
+                    switchyard_nats::ensure_batch_consumer(&self.js, &token, &account)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    subjects::open_batch_work(&token, &account)
+                } else {
+                    subjects::open_request(&token, &account)
+                }
             }
         };
         let mut sealed = sealed.clone();
@@ -347,33 +471,9 @@ impl Intake {
     }
 
     /// Creates `account`'s cluster of the open model `model` with the defaults, unless
-    /// it exists.
-    async fn ensure_cluster(&self, account: &str, model: &str) -> Result<(), String> {
-        let catalog = schemas::catalog::Catalog::embedded().map_err(|e| e.to_string())?;
-        let open = catalog
-            .get(model)
-            .and_then(|m| m.open.as_ref())
-            .ok_or_else(|| format!("'{model}' is not an open model of the catalog"))?;
-        let kv = self
-            .js
-            .get_key_value(schemas::subjects::CLUSTERS_BUCKET)
-            .await
-            .map_err(|e| e.to_string())?;
-        let key = schemas::cluster::spec_key(account, model).map_err(|e| e.to_string())?;
-        let spec = schemas::cluster::ClusterSpec::with_defaults(
-            account,
-            model,
-            &open.instance_type,
-            Utc::now(),
-        );
-        let value = serde_json_vec(&spec)?;
-        match kv.create(&key, value.into()).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        }
+    /// it exists (see [`ensure_cluster`]).
+    pub async fn ensure_cluster(&self, account: &str, model: &str) -> Result<(), String> {
+        ensure_cluster(&self.js, account, model).await
     }
 
     /// Copies `message` (still sealed) to the dead-letter stream with `reason` and
@@ -386,14 +486,20 @@ impl Intake {
     ) {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(schemas::headers::DEAD_LETTER_REASON, reason);
+        // Where the message really came from (a worker pulls interactive and batch
+        // work through different consumers); the configured names otherwise.
+        let (stream, consumer) = match message.info() {
+            Ok(info) => (info.stream.to_string(), info.consumer.to_string()),
+            Err(_) => (self.stream.clone(), self.consumer.clone()),
+        };
         headers.insert(
             schemas::headers::DEAD_LETTER_SOURCE,
-            format!("{}/{}", self.stream, self.consumer).as_str(),
+            format!("{stream}/{consumer}").as_str(),
         );
         if let Some(id) = request_id {
             headers.insert(schemas::headers::REQUEST_ID, id.as_str());
         }
-        let subject = schemas::subjects::dead_letter(&self.stream, &self.consumer);
+        let subject = schemas::subjects::dead_letter(&stream, &consumer);
         // The payload stays as published (sealed), so nothing secret lands in the clear.
         let stored = match self
             .js
@@ -421,6 +527,38 @@ impl Intake {
                 "cannot dead-letter a message; it will be redelivered"
             );
         }
+    }
+}
+
+/// Creates `account`'s cluster of the open model `model` with the defaults, unless
+/// it exists — what a first request through the ingress does, so the autoscaler
+/// starts an instance.
+pub async fn ensure_cluster(
+    js: &jetstream::Context,
+    account: &str,
+    model: &str,
+) -> Result<(), String> {
+    let catalog = schemas::catalog::Catalog::embedded().map_err(|e| e.to_string())?;
+    let open = catalog
+        .get(model)
+        .and_then(|m| m.open.as_ref())
+        .ok_or_else(|| format!("'{model}' is not an open model of the catalog"))?;
+    let kv = js
+        .get_key_value(schemas::subjects::CLUSTERS_BUCKET)
+        .await
+        .map_err(|e| e.to_string())?;
+    let key = schemas::cluster::spec_key(account, model).map_err(|e| e.to_string())?;
+    let spec = schemas::cluster::ClusterSpec::with_defaults(
+        account,
+        model,
+        &open.instance_type,
+        Utc::now(),
+    );
+    let value = serde_json_vec(&spec)?;
+    match kv.create(&key, value.into()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -1,14 +1,19 @@
-//! Sends a request's reply chunks, numbered, to its reply subject.
+//! Sends a request's reply: numbered chunks to the waiting caller's reply subject, or,
+//! for batch work, one whole [`BatchResult`] to the durable RESULTS stream.
 
+use async_nats::jetstream;
 use bytes::Bytes;
-use schemas::{Delta, ErrorBody, FinishReason, ReplyChunk, TaskOutput, Usage};
+use schemas::batch::Assembly;
+use schemas::{BatchResult, Delta, ErrorBody, FinishReason, ReplyChunk, TaskOutput, Usage};
 use uuid::Uuid;
 
-/// The reply stream of one request. Chunks go out over core NATS in order (one
-/// publisher, one connection); `seq` lets the ingress check that none were lost.
+/// The reply of one request. Chunks go out over core NATS in order (one publisher,
+/// one connection); `seq` lets the ingress check that none were lost. For batch work
+/// ([`ChunkSink::for_result`]) the same chunks are assembled here, and the last one
+/// publishes the whole result with JetStream.
 #[derive(Debug)]
 pub struct ChunkSink {
-    client: async_nats::Client,
+    destination: Destination,
     subject: String,
     request_id: Uuid,
     seq: u32,
@@ -19,6 +24,48 @@ pub struct ChunkSink {
     usage: Option<Usage>,
     /// The served model named on the first chunk, once sent.
     served_model: Option<String>,
+}
+
+#[derive(Debug)]
+enum Destination {
+    Stream(async_nats::Client),
+    Result {
+        js: jetstream::Context,
+        meta: ResultMeta,
+        assembly: Box<Assembly>,
+        /// The result could not be stored: the request must run again.
+        lost: bool,
+    },
+}
+
+/// What a batch result names besides the answer.
+#[derive(Debug, Clone)]
+pub struct ResultMeta {
+    pub account: String,
+    pub job: String,
+    /// The model the request named.
+    pub model: String,
+}
+
+/// Stores `result` on `subject` (stream RESULTS) with `Nats-Msg-Id` = its request id,
+/// waiting for the PubAck: one result per request id, however often it is published.
+pub async fn publish_result(
+    js: &jetstream::Context,
+    subject: &str,
+    result: &BatchResult,
+) -> Result<(), SendError> {
+    let payload = schemas::encode(result).map_err(|e| SendError(e.to_string()))?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        schemas::headers::MSG_ID,
+        result.request_id.to_string().as_str(),
+    );
+    js.publish_with_headers(subject.to_string(), headers, payload.into())
+        .await
+        .map_err(|e| SendError(e.to_string()))?
+        .await
+        .map_err(|e| SendError(e.to_string()))?;
+    Ok(())
 }
 
 /// The reply subject cannot be published to (NATS is down or the connection closed).
@@ -33,8 +80,39 @@ impl ChunkSink {
         request_id: Uuid,
         provider: &'static str,
     ) -> Self {
+        Self::with_destination(Destination::Stream(client), subject, request_id, provider)
+    }
+
+    /// A sink for batch work: the reply is assembled and stored whole as a
+    /// [`BatchResult`] on `subject` (`res.<account>.<job>.<request>`).
+    pub fn for_result(
+        js: jetstream::Context,
+        subject: String,
+        request_id: Uuid,
+        provider: &'static str,
+        meta: ResultMeta,
+    ) -> Self {
+        Self::with_destination(
+            Destination::Result {
+                js,
+                meta,
+                assembly: Box::default(),
+                lost: false,
+            },
+            subject,
+            request_id,
+            provider,
+        )
+    }
+
+    fn with_destination(
+        destination: Destination,
+        subject: String,
+        request_id: Uuid,
+        provider: &'static str,
+    ) -> Self {
         Self {
-            client,
+            destination,
             subject,
             request_id,
             seq: 0,
@@ -135,11 +213,35 @@ impl ChunkSink {
         if self.finished {
             return Ok(());
         }
-        let payload = schemas::encode(chunk).map_err(|e| SendError(e.to_string()))?;
-        self.client
-            .publish(self.subject.clone(), Bytes::from(payload))
-            .await
-            .map_err(|e| SendError(e.to_string()))?;
+        match &mut self.destination {
+            Destination::Stream(client) => {
+                let payload = schemas::encode(chunk).map_err(|e| SendError(e.to_string()))?;
+                client
+                    .publish(self.subject.clone(), Bytes::from(payload))
+                    .await
+                    .map_err(|e| SendError(e.to_string()))?;
+            }
+            Destination::Result {
+                js,
+                meta,
+                assembly,
+                lost,
+            } => {
+                assembly.add(chunk);
+                if chunk.last {
+                    let result = std::mem::take(assembly.as_mut()).into_result(
+                        self.request_id,
+                        &meta.account,
+                        &meta.job,
+                        &meta.model,
+                    );
+                    if let Err(e) = publish_result(js, &self.subject, &result).await {
+                        *lost = true;
+                        return Err(e);
+                    }
+                }
+            }
+        }
         self.seq += 1;
         self.finished = chunk.last;
         if chunk.usage.is_some() {
@@ -151,11 +253,23 @@ impl ChunkSink {
         Ok(())
     }
 
-    /// Waits until everything sent so far has reached the server.
+    /// Waits until everything sent so far has reached the server. For batch work:
+    /// fails when the result could not be stored (so the request runs again).
     pub async fn flush(&self) -> Result<(), SendError> {
-        self.client
-            .flush()
-            .await
-            .map_err(|e| SendError(e.to_string()))
+        match &self.destination {
+            Destination::Stream(client) => {
+                client.flush().await.map_err(|e| SendError(e.to_string()))
+            }
+            Destination::Result { lost: true, .. } => {
+                Err(SendError("the batch result was not stored".into()))
+            }
+            // Stored with an awaited PubAck, or nothing to store (handed off).
+            Destination::Result { .. } => Ok(()),
+        }
+    }
+
+    /// Whether this sink stores a batch result (nobody is waiting on a connection).
+    pub fn is_batch(&self) -> bool {
+        matches!(self.destination, Destination::Result { .. })
     }
 }
