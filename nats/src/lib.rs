@@ -445,7 +445,14 @@ mod tests {
         );
         assert_eq!(
             names(&embedded),
-            ["BATCH", "DEADLETTER", "REQUESTS", "RESULTS", "USAGE"]
+            [
+                "BATCH",
+                "BATCHWORK",
+                "DEADLETTER",
+                "REQUESTS",
+                "RESULTS",
+                "USAGE"
+            ]
         );
     }
 

@@ -46,6 +46,7 @@ async fn apply_is_idempotent_and_creates_everything() {
     for s in &mut changed.streams {
         if s.name == "RESULTS" {
             s.max_age = std::time::Duration::from_secs(3600);
+            s.duplicate_window = std::time::Duration::from_secs(600);
         }
     }
     apply(&js, &changed).await.unwrap();
