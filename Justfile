@@ -85,8 +85,12 @@ bench-stream *args: tools
 bench-autoscaler *args: tools models
     "{{python}}" loadtest/bench_autoscaler.py {{args}}
 
-# Every benchmark with its defaults, one after the other (about 20 minutes).
-bench-all: bench bench-stream bench-inference bench-billing bench-autoscaler
+# Batch throughput end to end over NATS (closed model via the mock, MiniLM embeddings).
+bench-batch *args: tools models
+    "{{python}}" loadtest/bench_batch.py {{args}}
+
+# Every benchmark with its defaults, one after the other (about 25 minutes).
+bench-all: bench bench-stream bench-inference bench-billing bench-autoscaler bench-batch
 
 # Formatting and clippy, warnings are errors.
 lint:

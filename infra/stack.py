@@ -46,7 +46,8 @@ DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/switchyard"
 DEFAULT_INGRESS_BIND = "127.0.0.1:8080"
 MOCK_API_KEY_UP = "sk-mock-local"  # the mock provider's key for `just up` (it is a mock)
 MIN_NATS = (2, 12)  # async-nats 0.51 needs a current server for KV; Debian's 2.9 is too old
-BINARIES = ("switchyard-nats", "switchyard-ingress", "switchyard-translator", "mock-provider")
+BINARIES = ("switchyard-nats", "switchyard-ingress", "switchyard-translator", "switchyard-batch",
+            "mock-provider")
 ADMIN = "switchyard-admin"  # needed only with Postgres (`just up`): migrates the database
 BILLING_BIN = "switchyard-billing"  # only with Postgres: usage events into the billing tables
 INFERENCE_BIN = "switchyard-inference"
@@ -57,6 +58,7 @@ DEFAULT_MODELS_DIR = REPO / ".models"
 NATS, MOCK, TRANSLATOR, INGRESS = "nats-server", "mock-provider", "translator", "ingress"
 AUTOSCALER = "autoscaler"
 BILLING = "billing"
+BATCH_ROUTER = "batch-router"
 
 
 class StackError(RuntimeError):
@@ -337,6 +339,7 @@ class Stack:
         self.nats_store_dir: Optional[Path] = None  # None when NATS is external
         self.ingress_url = ""  # http://host:port
         self.translator_url = ""
+        self.batch_url = ""
         self.billing_url = ""
         self.autoscaler_url = ""
         self.mock_url: Optional[str] = None  # http://host:port/v1
@@ -483,6 +486,19 @@ class Stack:
             health_url=f"{self.translator_url}/healthz",
         ))
 
+        # Batch jobs publish straight to NATS (batch.<account>.<job>); the router checks,
+        # seals and queues their requests for the workers (schemas/BATCH.md).
+        port = self.ports.preferred(8085) if cfg.default_ports else self.ports.any_free()
+        bbind = f"127.0.0.1:{port}"
+        self.batch_url = f"http://{bbind}"
+        self._add(Service(
+            BATCH_ROUTER,
+            [str(cfg.bin_dir / "switchyard-batch")],
+            {**base_env, "BATCH_BIND": bbind},
+            self.log_dir / "batch-router.log",
+            health_url=f"{self.batch_url}/healthz",
+        ))
+
         if cfg.postgres:
             # Billing needs the migrated database; it consumes USAGE (durable consumer
             # `billing`), so events published while it was down wait for it.
@@ -595,7 +611,8 @@ class Stack:
         if not cfg.detach:
             # Tests and benchmark: nothing from the caller's environment tunes our services.
             env = {k: v for k, v in env.items()
-                   if not k.startswith(("SWITCHYARD_", "NATS_", "INGRESS_", "TRANSLATOR_", "INFERENCE_", "MOCK_", "LOADGEN_"))}
+                   if not k.startswith(("SWITCHYARD_", "NATS_", "INGRESS_", "TRANSLATOR_", "INFERENCE_", "MOCK_", "LOADGEN_",
+                                      "BATCH_"))}
             # Nor a developer's database: accounts' keys only where the config asks for them.
             env.pop("DATABASE_URL", None)
         env["RUST_LOG"] = cfg.rust_log

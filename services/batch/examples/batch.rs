@@ -7,7 +7,8 @@
 //!   cargo run -p switchyard-batch --example batch -- --account acme --job demo --count 1000
 //! ```
 //!
-//! Progress goes to stderr; the summary is one JSON line on stdout.
+//! Progress goes to stderr; the summary is one JSON line on stdout (with the time from
+//! the first publish to the last result, which `just bench-batch` reports).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -129,6 +130,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
     got.retain(|id, _| wanted.contains(id));
     let already = got.len() as u64;
 
+    let started = Instant::now();
     let deadline = Utc::now() + chrono::Duration::minutes(args.deadline_minutes);
     let todo: Vec<BatchRequest> = (0..args.count)
         .map(|row| row_request(&args, row, deadline))
@@ -165,6 +167,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
             last_report = Instant::now();
         }
     }
+    let elapsed = started.elapsed().as_secs_f64();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for r in got.values() {
         if let Some(e) = &r.error {
@@ -182,6 +185,9 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         "results": got.len(),
         "ok": ok,
         "errors": errors,
+        // From the first publish to the last result: the job's end-to-end throughput.
+        "elapsed_s": elapsed,
+        "published_per_s": published.stored as f64 / elapsed.max(1e-9),
     }))
 }
 

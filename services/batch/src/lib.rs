@@ -62,7 +62,7 @@ pub struct Config {
     pub seal: SealKeyArgs,
 
     /// Address of the health and metrics endpoint (`/healthz`, `/metrics`).
-    #[arg(long, env = "BATCH_BIND", default_value = "127.0.0.1:8083")]
+    #[arg(long, env = "BATCH_BIND", default_value = "127.0.0.1:8085")]
     pub bind: SocketAddr,
 
     /// Batch requests routed at once.
