@@ -432,9 +432,10 @@ async fn bad_input_gets_a_result_with_the_reason_and_the_router_keeps_going() {
         ErrorKind::Authentication,
         "provider key",
     ));
-    // A provider error.
-    let failing = batch_request(ACCOUNT, chat("openai/mock-error-500", "x"));
-    expect.push((failing.request_id, ErrorKind::Upstream, ""));
+    // A provider error that trying again would not fix (429 and 5xx are tried again
+    // later instead; see below).
+    let failing = batch_request(ACCOUNT, chat("openai/mock-error-400", "x"));
+    expect.push((failing.request_id, ErrorKind::InvalidRequest, ""));
     for r in [future, foreign, unknown, task, late, keyless, failing] {
         let id = r.request_id.to_string();
         stack
@@ -608,4 +609,21 @@ async fn a_request_whose_worker_keeps_dying_gets_an_error_result() {
     let e = r.error.unwrap();
     assert_eq!(e.kind, ErrorKind::Internal);
     assert!(e.message.contains("attempted 5 times"), "{}", e.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_batch_request_is_tried_again_later_not_failed() {
+    // The flaky model answers 429 (Retry-After: 1 s) to every other call, and the
+    // translator makes one attempt per delivery: the row comes back after the delay.
+    let stack = start(MockConfig::default(), Some(4)).await;
+    let req = batch_request(ACCOUNT, chat("openai/mock-flaky-429", "patience"));
+    job::publish(&stack.js, ACCOUNT, "flaky", vec![req.clone()])
+        .await
+        .unwrap();
+    let r = stack
+        .result("flaky", req.request_id, Duration::from_secs(20))
+        .await;
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.message.unwrap().joined_text(), "echo: patience");
+    assert_eq!(stack.count("RESULTS", "res.acme.flaky.>").await, 1);
 }

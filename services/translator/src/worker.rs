@@ -109,6 +109,10 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
             Ok(()) => {}
             Err(Failure::Reply(error)) => {
                 tracing::info!(kind = error.kind.as_str(), provider_status = ?error.provider_status, "request failed");
+                // Batch work: a rate limit delays the row rather than failing it.
+                if switchyard_worker::retry_batch_later(&message, &sink, &error, envelope.deadline).await {
+                    return;
+                }
                 if let Err(e) = sink.fail(error).await {
                     tracing::warn!(error = %e, "cannot send the failure");
                 }

@@ -562,6 +562,53 @@ pub async fn ensure_cluster(
     }
 }
 
+/// Longest a batch request waits before its next attempt after a provider said "later".
+pub const MAX_BATCH_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// For batch work that failed before anything was produced: when `error` says "try
+/// later" (rate limited, unavailable, a failing upstream), the message is given back to
+/// JetStream to come again after the provider's `Retry-After` (5 s without one, at most
+/// [`MAX_BATCH_RETRY_DELAY`]), as long as it has attempts left and its job deadline
+/// allows. Returns whether it did; the caller then sends nothing. A batch job has
+/// no caller waiting, so a rate limit should delay a row, not fail it.
+pub async fn retry_batch_later(
+    message: &jetstream::Message,
+    sink: &ChunkSink,
+    error: &ErrorBody,
+    deadline: chrono::DateTime<Utc>,
+) -> bool {
+    if !sink.is_batch() || sink.started() {
+        return false;
+    }
+    if !matches!(
+        error.kind,
+        ErrorKind::RateLimited | ErrorKind::Unavailable | ErrorKind::Upstream
+    ) {
+        return false;
+    }
+    let Ok(info) = message.info() else {
+        return false;
+    };
+    if info.delivered >= MAX_BATCH_ATTEMPTS {
+        return false;
+    }
+    let delay = error
+        .retry_after_ms
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(5))
+        .clamp(Duration::from_millis(100), MAX_BATCH_RETRY_DELAY);
+    if Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default() > deadline {
+        return false;
+    }
+    tracing::info!(
+        kind = error.kind.as_str(),
+        attempt = info.delivered,
+        ?delay,
+        "batch request will be tried again later"
+    );
+    message.ack_with(AckKind::Nak(Some(delay))).await.is_ok()
+}
+
 /// How a supervised request ended.
 #[derive(Debug)]
 pub enum Supervised<T> {
