@@ -11,7 +11,8 @@
 //! 2. skips it when its result is already in RESULTS (a job re-run after the 24 h
 //!    duplicate window publishes nothing that runs twice);
 //! 3. checks the model (a closed `provider/model`, or an open model of the catalog that
-//!    serves the request's task) and the job deadline;
+//!    serves the request's task), the job deadline, and, for open models (which are
+//!    charged), the account's monthly spend limit (with `DATABASE_URL`);
 //! 4. seals the request (prompt and provider key) like the ingress does and queues it
 //!    for the workers on stream BATCHWORK: `breq.closed.<provider>` (translator) or
 //!    `breq.open.<model>.<account>` (the account's cluster, created with the defaults
@@ -41,6 +42,7 @@ use schemas::{
     BatchRequest, BatchResult, ErrorBody, ErrorKind, ReplyTarget, RequestEnvelope, SealKey,
     SealKeyArgs, SealedRequest,
 };
+use switchyard_store::spend::SpendLimits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,6 +71,16 @@ pub struct Config {
     #[arg(long, env = "BATCH_CONCURRENCY", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
+
+    /// Postgres with billing's tables: accounts over their monthly spend limit get a
+    /// `payment_required` result for open-model work. Unset: no spend limits.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// How often the accounts over their spend limit are reloaded, in seconds.
+    #[arg(long, env = "BATCH_SPEND_REFRESH_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub spend_refresh_secs: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -89,6 +101,8 @@ pub enum Error {
     Catalog(String),
     #[error("cannot connect to NATS: {0}")]
     Connect(async_nats::ConnectError),
+    #[error("accounts database: {0}")]
+    Database(#[from] switchyard_store::Error),
     #[error("{0}")]
     Consumer(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -142,14 +156,26 @@ pub async fn serve(
                 subjects::BATCH_ROUTER_CONSUMER
             ))
         })?;
+    // Lazy: the router starts while Postgres is down (nobody is refused meanwhile).
+    let db = match &config.database_url {
+        Some(url) => Some(switchyard_store::connect(url, true).await?),
+        None => None,
+    };
+    let spend = Arc::new(SpendLimits::new(
+        db,
+        Duration::from_secs(config.spend_refresh_secs),
+    ));
+    spend.refresh_or_keep().await;
     let router = Arc::new(Router {
         js,
         seal,
         catalog,
         metrics: Metrics::default(),
+        spend: spend.clone(),
         clusters_ready: Mutex::new(HashSet::new()),
     });
     let tracker = TaskTracker::new();
+    tracker.spawn(spend.run(shutdown.clone()));
     let health = switchyard_worker::Health::new(client);
     let app = health.router({
         let router = router.clone();
@@ -186,6 +212,8 @@ pub struct Router {
     pub seal: SealKey,
     pub catalog: Catalog,
     pub metrics: Metrics,
+    /// Accounts over their monthly spend limit (open models are charged).
+    pub spend: Arc<SpendLimits>,
     /// Clusters whose spec and batch consumer exist (made once per process).
     clusters_ready: Mutex<HashSet<(String, String)>>,
 }
@@ -320,12 +348,13 @@ impl Router {
             job: job.to_string(),
             request_id: request.request_id,
         };
-        let reject = |kind: ErrorKind, message: String| Outcome::Rejected {
+        let refuse = |error: ErrorBody| Outcome::Rejected {
             address: address.clone(),
             model: request.request.model.clone(),
             account: request.account.clone(),
-            error: ErrorBody::new(kind, message),
+            error,
         };
+        let reject = |kind: ErrorKind, message: String| refuse(ErrorBody::new(kind, message));
         if let Err(e) = schemas::batch::check_job(job) {
             return reject(ErrorKind::InvalidRequest, e.to_string());
         }
@@ -402,6 +431,10 @@ impl Router {
                         ErrorKind::InvalidRequest,
                         format!("the model '{model}' does not do {}", task.as_str()),
                     );
+                }
+                // Open models are charged: none for an account over its spend limit.
+                if let Err(e) = self.spend.check(&request.account) {
+                    return refuse(e);
                 }
                 if let Err(e) = self
                     .ensure_cluster(&request.account, &model, token, account_token)

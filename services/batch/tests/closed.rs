@@ -48,6 +48,15 @@ impl Drop for Stack {
 /// NATS, the mock provider and the router; the translator too unless `translator` is
 /// `None` (its concurrency otherwise).
 async fn start(mock: MockConfig, translator: Option<u32>) -> Stack {
+    start_with(mock, translator, None).await
+}
+
+/// [`start`] with the router reading spend limits from `database_url`.
+async fn start_with(
+    mock: MockConfig,
+    translator: Option<u32>,
+    database_url: Option<String>,
+) -> Stack {
     let nats = NatsServer::start().unwrap();
     let client = nats.connect_and_apply().await.unwrap();
     let shutdown = CancellationToken::new();
@@ -77,6 +86,8 @@ async fn start(mock: MockConfig, translator: Option<u32>) -> Stack {
         seal: schemas::SealKeyArgs::inline(stack.seal_text.clone()),
         bind: "127.0.0.1:0".parse().unwrap(),
         concurrency: 64,
+        database_url,
+        spend_refresh_secs: 5,
     };
     let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     tokio::spawn(switchyard_batch::serve(
@@ -626,4 +637,57 @@ async fn a_rate_limited_batch_request_is_tried_again_later_not_failed() {
     assert!(r.error.is_none(), "{:?}", r.error);
     assert_eq!(r.message.unwrap().joined_text(), "echo: patience");
     assert_eq!(stack.count("RESULTS", "res.acme.flaky.>").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_over_its_spend_limit_gets_no_open_model_batch_work() {
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+    use std::str::FromStr;
+    use switchyard_store::billing::{self, Decimal};
+    let db = switchyard_store::testing::TestDb::new().await.unwrap();
+    switchyard_store::keys::create_account(&db.db, ACCOUNT, None)
+        .await
+        .unwrap();
+    billing::set_spend_limit(&db.db, ACCOUNT, Some(Decimal::from_str("10").unwrap()))
+        .await
+        .unwrap();
+    switchyard_store::entities::account_monthly_spend::Entity::insert(
+        switchyard_store::entities::account_monthly_spend::ActiveModel {
+            account_id: Set(ACCOUNT.into()),
+            month: Set(billing::current_month()),
+            cost: Set(Decimal::from_str("10.5").unwrap()),
+            updated_at: Set(Utc::now()),
+        },
+    )
+    .exec(&db.db)
+    .await
+    .unwrap();
+    let stack = start_with(MockConfig::default(), Some(4), Some(db.url.clone())).await;
+    let mut open = batch_request(ACCOUNT, chat("sentence-transformers/all-MiniLM-L6-v2", ""));
+    open.request.messages.clear();
+    open.task = Some(TaskInput::FeatureExtraction {
+        inputs: vec!["charged".into()],
+    });
+    let closed = batch_request(ACCOUNT, chat("openai/gpt-4o-mini", "free"));
+    job::publish(
+        &stack.js,
+        ACCOUNT,
+        "spend",
+        vec![open.clone(), closed.clone()],
+    )
+    .await
+    .unwrap();
+    let r = stack
+        .result("spend", open.request_id, Duration::from_secs(10))
+        .await;
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::PaymentRequired);
+    assert!(e.message.contains("spend limit reached"), "{}", e.message);
+    // Closed models are not charged: that row is answered.
+    let r = stack
+        .result("spend", closed.request_id, Duration::from_secs(10))
+        .await;
+    assert_eq!(r.message.unwrap().joined_text(), "echo: free");
+    // Nothing was queued for an instance.
+    assert_eq!(stack.count("BATCHWORK", "breq.open.>").await, 0);
 }

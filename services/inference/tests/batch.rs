@@ -78,6 +78,8 @@ async fn a_thousand_embeddings_come_back_once_each_in_dynamic_batches() {
         seal: schemas::SealKeyArgs::inline(seal_text.clone()),
         bind: "127.0.0.1:0".parse().unwrap(),
         concurrency: 64,
+        database_url: None,
+        spend_refresh_secs: 5,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     tokio::spawn(switchyard_batch::serve(listener, router, shutdown.clone()));

@@ -19,7 +19,7 @@
 //! - [`error`]: the one error type, answered OpenAI-style (or in the unified shape).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`models`]: `GET /v1/models` and `GET /v1/catalog` from the model catalog.
-//! - [`spend`]: accounts over their monthly spend limit get 402 for open models.
+//! - spend limits (`switchyard_store::spend`): accounts over their monthly spend limit get 402 for open models.
 //! - [`clusters`]: the cluster API (`/v1/clusters`), a first request creating its
 //!   model's cluster, and the bounded wait of a cold start.
 //!
@@ -35,7 +35,6 @@ pub mod models;
 pub mod openai;
 pub mod replies;
 pub mod routes;
-pub mod spend;
 pub mod unified;
 
 use std::sync::Arc;
@@ -109,7 +108,7 @@ pub async fn serve(
         Some(url) => Some(switchyard_store::connect(url, true).await?),
         None => None,
     };
-    let spend = Arc::new(spend::SpendLimits::new(
+    let spend = Arc::new(switchyard_store::spend::SpendLimits::new(
         db.clone(),
         config.auth.spend_refresh(),
     ));

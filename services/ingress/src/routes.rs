@@ -45,7 +45,7 @@ pub struct AppState {
     pub catalog: schemas::catalog::Catalog,
     pub metrics: Metrics,
     pub clusters: crate::clusters::Clusters,
-    pub spend: std::sync::Arc<crate::spend::SpendLimits>,
+    pub spend: std::sync::Arc<switchyard_store::spend::SpendLimits>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -418,7 +418,7 @@ pub(crate) fn prepare(
         }
         // Our own workers need no provider key: one sent anyway stays here.
         Target::Open { token, model } => {
-            state.spend.check(&account)?;
+            state.spend.check(&account).map_err(ApiError::from)?;
             cluster = Some(crate::clusters::OpenRun::new(headers, &account, model)?);
             (
                 subjects::open_request(&token, &subjects::model_token(&account).map_err(internal)?),

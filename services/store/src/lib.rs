@@ -29,6 +29,7 @@ pub mod billing;
 pub mod entities;
 pub mod keys;
 pub mod migration;
+pub mod spend;
 #[cfg(feature = "testing")]
 pub mod testing;
 

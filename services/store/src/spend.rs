@@ -1,10 +1,11 @@
 //! Spend limits: an account whose open-model spend this month (UTC) has reached its
-//! limit gets 402 for new open-model requests (running work finishes; closed models
-//! are not charged and not affected).
+//! limit gets no new open-model work — a 402 from the ingress, a `payment_required`
+//! result from the batch router (running work finishes; closed models are not charged
+//! and not affected).
 //!
 //! The hot path asks memory, never Postgres: a snapshot of the accounts over their
-//! limit (`switchyard_store::billing::over_limit`) is loaded at start and refreshed
-//! every `INGRESS_SPEND_REFRESH_SECS` (5 s). So a limit takes effect up to that long
+//! limit ([`crate::billing::over_limit`]) is loaded at start and refreshed every
+//! few seconds (`INGRESS_SPEND_REFRESH_SECS`, `BATCH_SPEND_REFRESH_SECS`: 5 s). So a limit takes effect up to that long
 //! after billing recorded the spend that reached it; if Postgres cannot answer, the
 //! last snapshot stays (nobody is refused for an outage of the accounts database).
 
@@ -13,12 +14,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use schemas::ErrorKind;
-use switchyard_store::DatabaseConnection;
-use switchyard_store::billing::{self, OverLimit};
+use schemas::{ErrorBody, ErrorKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiError;
+use crate::DatabaseConnection;
+use crate::billing::{self, OverLimit};
 
 #[derive(Debug, Default)]
 struct Snapshot {
@@ -45,8 +45,8 @@ impl SpendLimits {
         }
     }
 
-    /// 402 when `account` has reached its limit this month.
-    pub fn check(&self, account: &str) -> Result<(), ApiError> {
+    /// `payment_required` (402) when `account` has reached its limit this month.
+    pub fn check(&self, account: &str) -> Result<(), ErrorBody> {
         let snapshot = self.snapshot.read().unwrap_or_else(PoisonError::into_inner);
         // A snapshot of last month says nothing about this one.
         if snapshot.month != Some(billing::current_month()) {
@@ -54,7 +54,7 @@ impl SpendLimits {
         }
         match snapshot.over.get(account) {
             None => Ok(()),
-            Some(o) => Err(ApiError::new(
+            Some(o) => Err(ErrorBody::new(
                 ErrorKind::PaymentRequired,
                 format!(
                     "spend limit reached: account '{account}' has spent {} USD on open models in {} (UTC), its monthly limit is {} USD; new open-model requests are refused until the limit is raised or the month ends (closed models are not affected)",
@@ -67,7 +67,7 @@ impl SpendLimits {
     }
 
     /// Loads the accounts over their limit this month.
-    pub async fn refresh(&self) -> Result<(), switchyard_store::Error> {
+    pub async fn refresh(&self) -> Result<(), crate::Error> {
         let Some(db) = &self.db else {
             return Ok(());
         };
@@ -106,8 +106,8 @@ impl SpendLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::billing::Decimal;
     use std::str::FromStr;
-    use switchyard_store::billing::Decimal;
 
     #[test]
     fn only_this_months_snapshot_refuses() {
@@ -124,9 +124,9 @@ mod tests {
             s.over.insert("acme".into(), over);
         }
         let err = limits.check("acme").unwrap_err();
-        assert_eq!(err.status(), 402);
-        assert!(err.0.message.contains("spend limit reached"));
-        assert!(err.0.message.contains("10 USD"));
+        assert_eq!(err.kind, ErrorKind::PaymentRequired);
+        assert!(err.message.contains("spend limit reached"));
+        assert!(err.message.contains("10 USD"));
         assert!(limits.check("other").is_ok());
         limits.snapshot.write().unwrap().month = NaiveDate::from_ymd_opt(2000, 1, 1);
         assert!(limits.check("acme").is_ok());
