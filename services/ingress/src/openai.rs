@@ -415,20 +415,12 @@ pub fn usage_json(usage: &Usage) -> Value {
     v
 }
 
-/// A tool call being assembled from streamed fragments.
-#[derive(Debug, Default, Clone)]
-pub struct ToolCallAcc {
-    pub id: String,
-    pub name: String,
-    pub arguments: String,
-}
-
 /// Everything a non-streaming answer needs, accumulated from chunks.
 #[derive(Debug, Default)]
 pub struct Completion {
     pub content: String,
     pub saw_content: bool,
-    pub tool_calls: Vec<ToolCallAcc>,
+    pub tool_calls: Vec<schemas::ToolCall>,
     pub finish_reason: Option<FinishReason>,
     pub usage: Option<Usage>,
     /// Parameters the provider could not take (see `ReplyChunk::dropped_params`).
@@ -437,22 +429,7 @@ pub struct Completion {
 
 impl Completion {
     pub fn add_tool_deltas(&mut self, deltas: &[ToolCallDelta]) {
-        for d in deltas {
-            let i = d.index as usize;
-            if self.tool_calls.len() <= i {
-                self.tool_calls.resize(i + 1, ToolCallAcc::default());
-            }
-            let call = &mut self.tool_calls[i];
-            if let Some(id) = &d.id {
-                call.id.clone_from(id);
-            }
-            if let Some(name) = &d.name {
-                call.name.push_str(name);
-            }
-            if let Some(args) = &d.arguments {
-                call.arguments.push_str(args);
-            }
-        }
+        schemas::batch::add_tool_deltas(&mut self.tool_calls, deltas);
     }
 
     /// The `chat.completion` object.
