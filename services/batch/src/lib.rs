@@ -546,34 +546,18 @@ impl Router {
     /// Terminates `message` and records it on `dlq.BATCH.batch-router` with the reason
     /// and the subject, but not its body (which is not sealed).
     async fn dead_letter(&self, message: &jetstream::Message, reason: &str) {
-        tracing::warn!(reason, "batch message dead-lettered");
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(schemas::headers::DEAD_LETTER_REASON, reason);
-        headers.insert(
-            schemas::headers::DEAD_LETTER_SOURCE,
-            format!(
-                "{}/{} {}",
-                subjects::BATCH_STREAM,
-                subjects::BATCH_ROUTER_CONSUMER,
-                message.subject
-            )
-            .as_str(),
-        );
-        let subject =
-            subjects::dead_letter(subjects::BATCH_STREAM, subjects::BATCH_ROUTER_CONSUMER);
-        let stored = match self
-            .js
-            .publish_with_headers(subject, headers, Vec::new().into())
-            .await
-        {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
-        };
-        let kind = if stored {
-            AckKind::Term
-        } else {
-            AckKind::Nak(Some(Duration::from_secs(5)))
-        };
-        let _ = message.ack_with(kind).await;
+        switchyard_worker::dead_letter(
+            &self.js,
+            message,
+            switchyard_worker::DeadLetter {
+                reason,
+                stream: subjects::BATCH_STREAM,
+                consumer: subjects::BATCH_ROUTER_CONSUMER,
+                source_detail: Some(&message.subject),
+                request_id: None,
+                payload: Default::default(),
+            },
+        )
+        .await;
     }
 }

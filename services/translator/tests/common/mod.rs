@@ -198,9 +198,18 @@ impl Harness {
         c.info().await.unwrap().clone()
     }
 
+    /// Messages not yet acked once the worker has settled what it holds: a reply
+    /// reaches the caller before its message is acked (the worker then reports usage
+    /// and acks), so this waits, up to 5 s, for the ack of anything in progress.
     pub async fn pending(&self) -> u64 {
-        let info = self.consumer_info().await;
-        info.num_pending + info.num_ack_pending as u64
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let info = self.consumer_info().await;
+            if info.num_ack_pending == 0 || tokio::time::Instant::now() >= until {
+                return info.num_pending + info.num_ack_pending as u64;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
