@@ -130,6 +130,19 @@ impl Auth {
         }
     }
 
+    /// Drops a revoked key from the cache (every key, when announcements may have
+    /// been missed), so the next request with it asks Postgres.
+    pub fn forget(&self, revoked: switchyard_store::keys::Revoked) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match revoked {
+            switchyard_store::keys::Revoked::Key(id) => {
+                let id = id.to_string();
+                cache.retain(|_, (caller, _)| caller.key != id);
+            }
+            switchyard_store::keys::Revoked::Unknown => cache.clear(),
+        }
+    }
+
     fn cached(&self, hash: &[u8]) -> Option<Caller> {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache

@@ -56,8 +56,10 @@ pub struct AuthArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// How long a verified key is trusted without asking Postgres again (so also how
-    /// long a revoked key may still work on this ingress).
+    /// How long a verified key is trusted without asking Postgres again. A revocation
+    /// (`switchyard-admin key revoke`) is announced over Postgres `NOTIFY` and drops the
+    /// key from every ingress's cache at once; this bounds how long a revoked key may
+    /// still work only while that announcement cannot reach the ingress.
     #[arg(long, env = "INGRESS_AUTH_CACHE_TTL_SECS", default_value_t = 30)]
     pub auth_cache_ttl_secs: u64,
 

@@ -132,6 +132,14 @@ pub async fn serve(
         config,
     });
     tracker.spawn(spend.run(shutdown.clone()));
+    if let Some(url) = state.config.auth.database_url.clone() {
+        // A key revoked anywhere leaves this ingress's cache at once.
+        let state = state.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            switchyard_store::keys::watch_revocations(&url, stop, |r| state.auth.forget(r)).await;
+        });
+    }
     let addr = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%addr, ingress_id = %ingress_id, "ingress listening");
     let app = routes::router(state);

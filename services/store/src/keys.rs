@@ -229,11 +229,94 @@ pub async fn revoke_key(db: &impl ConnectionTrait, id: Uuid) -> Result<bool, Err
         .exec(db)
         .await?;
     if done.rows_affected == 1 {
+        announce_revocation(db, id).await?;
         return Ok(true);
     }
     match api_keys::Entity::find_by_id(id).one(db).await? {
         Some(_) => Ok(false),
         None => Err(Error::UnknownKey(id)),
+    }
+}
+
+/// The Postgres channel on which a key's revocation is announced (payload: the key's
+/// id), so that every ingress drops the key from its cache at once instead of trusting
+/// it until the cache entry expires ([`watch_revocations`]).
+pub const REVOKED_CHANNEL: &str = "switchyard_key_revoked";
+
+/// `NOTIFY` [`REVOKED_CHANNEL`] with the key's id (inside a transaction it is sent on
+/// commit).
+async fn announce_revocation(db: &impl ConnectionTrait, id: Uuid) -> Result<(), Error> {
+    db.execute(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "SELECT pg_notify($1, $2)",
+        [REVOKED_CHANNEL.into(), id.to_string().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// What [`watch_revocations`] tells its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// This key was revoked.
+    Key(Uuid),
+    /// Announcements may have been missed (the connection was lost and is back, or
+    /// this is the first connection): forget every cached key.
+    Unknown,
+}
+
+/// Listens on [`REVOKED_CHANNEL`] of the database at `url` until `shutdown`, calling
+/// `on_revoked` for each announcement. A lost connection is retried every 2 s; after
+/// each (re)connection `on_revoked(Revoked::Unknown)` is called, since announcements
+/// made meanwhile were missed.
+pub async fn watch_revocations(
+    url: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+    on_revoked: impl Fn(Revoked),
+) {
+    use sea_orm::sqlx::postgres::PgListener;
+    const RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+    'connect: loop {
+        let listener = async {
+            let mut l = PgListener::connect(url).await?;
+            l.listen(REVOKED_CHANNEL).await?;
+            Ok::<_, sea_orm::sqlx::Error>(l)
+        };
+        let mut listener = tokio::select! {
+            l = listener => l,
+            () = shutdown.cancelled() => return,
+        };
+        let Ok(l) = listener.as_mut() else {
+            if let Err(e) = &listener {
+                tracing::warn!(error = %e, "cannot listen for key revocations; retrying");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(RETRY) => continue 'connect,
+                () = shutdown.cancelled() => return,
+            }
+        };
+        on_revoked(Revoked::Unknown);
+        loop {
+            let next = tokio::select! {
+                n = l.try_recv() => n,
+                () = shutdown.cancelled() => return,
+            };
+            match next {
+                Ok(Some(n)) => match Uuid::try_parse(n.payload()) {
+                    Ok(id) => on_revoked(Revoked::Key(id)),
+                    Err(_) => on_revoked(Revoked::Unknown),
+                },
+                // The connection was lost; the next call reconnects.
+                Ok(None) => on_revoked(Revoked::Unknown),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the key-revocation listener; reconnecting");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY) => continue 'connect,
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
     }
 }
 
