@@ -28,6 +28,13 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 4;
 /// and the most.
 pub const DEFAULT_TARGET_CONCURRENCY: u32 = 1;
 pub const MAX_TARGET_CONCURRENCY: u32 = 256;
+/// Instances pending batch work alone may keep running, by default: one, so a batch
+/// job for a cluster at zero starts it (and it scales to zero once the job is done).
+pub const DEFAULT_BATCH_INSTANCES: u32 = 1;
+
+fn default_batch_instances() -> u32 {
+    DEFAULT_BATCH_INSTANCES
+}
 
 /// How many instances a cluster may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -56,6 +63,16 @@ pub struct ClusterSpec {
     pub instance_type: String,
     /// Concurrent requests per instance (1: one instance per concurrent request).
     pub target_concurrency: u32,
+    /// How many instances pending batch work alone may keep running (at most
+    /// `capacity.max`). Instances serve interactive requests first and take batch work
+    /// with idle capacity; interactive load scales the cluster as usual, and batch work
+    /// adds `min(ceil(batch / target_concurrency), batch_instances)` on its own.
+    /// 0: batch work only uses instances that interactive load or `capacity.min` keeps
+    /// running — it never starts one nor holds the cluster above zero. Default 1: a
+    /// batch job starts a cluster at zero, which scales down `timeout` minutes after
+    /// the batch work is done. Specs written before this field existed read as 1.
+    #[serde(default = "default_batch_instances")]
+    pub batch_instances: u32,
     pub created: DateTime<Utc>,
     pub modified: DateTime<Utc>,
 }
@@ -63,7 +80,8 @@ pub struct ClusterSpec {
 impl ClusterSpec {
     /// The cluster made when nobody said otherwise: min 0 (scale to zero), desired 0,
     /// max [`DEFAULT_MAX_INSTANCES`], [`DEFAULT_TIMEOUT_MINUTES`],
-    /// [`DEFAULT_TARGET_CONCURRENCY`], on `instance_type` (the catalog's).
+    /// [`DEFAULT_TARGET_CONCURRENCY`], [`DEFAULT_BATCH_INSTANCES`], on `instance_type`
+    /// (the catalog's).
     pub fn with_defaults(
         account: &str,
         model_id: &str,
@@ -81,6 +99,7 @@ impl ClusterSpec {
             timeout_minutes: DEFAULT_TIMEOUT_MINUTES,
             instance_type: instance_type.to_string(),
             target_concurrency: DEFAULT_TARGET_CONCURRENCY,
+            batch_instances: DEFAULT_BATCH_INSTANCES,
             created: now,
             modified: now,
         }
@@ -98,8 +117,12 @@ pub struct ClusterStatus {
     pub ready: u32,
     /// Instances the autoscaler wants.
     pub desired: u32,
-    /// Requests pending plus in flight.
+    /// Interactive requests pending plus in flight (the cluster's REQUESTS queue).
     pub load: u64,
+    /// Batch work pending plus in flight (the cluster's BATCHWORK queue; 0 when it
+    /// has none).
+    #[serde(default)]
+    pub batch_load: u64,
     /// Requests answered.
     pub inferences: u64,
     #[serde(default)]
@@ -213,5 +236,15 @@ mod tests {
             cluster_key("a", "b.c").unwrap()
         );
         assert!(cluster_key("a b", m).is_err());
+    }
+
+    #[test]
+    fn a_spec_from_before_batch_instances_reads_as_the_default() {
+        let spec = ClusterSpec::with_defaults("acme", "m", "cpu", Utc::now());
+        let mut value = serde_json::to_value(&spec).unwrap();
+        value.as_object_mut().unwrap().remove("batch_instances");
+        let old: ClusterSpec = serde_json::from_value(value).unwrap();
+        assert_eq!(old.batch_instances, DEFAULT_BATCH_INSTANCES);
+        assert_eq!(old, spec);
     }
 }

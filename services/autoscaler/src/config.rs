@@ -16,8 +16,9 @@ pub enum BackendKind {
 }
 
 /// Reconciles cluster specs (KV `clusters`) with running instances about once a second:
-/// one instance per `target_concurrency` requests in a cluster's queue, within
-/// [min, max], down to `min` after `timeout` idle minutes; replaces instances that die.
+/// one instance per `target_concurrency` requests in a cluster's queue (batch work alone
+/// up to `batch_instances`), within [min, max], down to `min` after `timeout` idle
+/// minutes; replaces instances that die.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "switchyard-autoscaler", version, about)]
 pub struct Config {
@@ -57,8 +58,8 @@ pub struct Config {
     #[arg(long, env = "AUTOSCALER_LOG_DIR")]
     pub log_dir: Option<PathBuf>,
 
-    /// Translators the loop may add from the closed-model queue (0: translators are
-    /// not managed here).
+    /// Translators the loop may add from the closed-model queues, interactive and batch
+    /// (0: translators are not managed here).
     #[arg(long, env = "AUTOSCALER_TRANSLATORS_MAX", default_value_t = 0)]
     pub translators_max: u32,
 
@@ -66,7 +67,8 @@ pub struct Config {
     #[arg(long, env = "AUTOSCALER_TRANSLATORS_MIN", default_value_t = 0)]
     pub translators_min: u32,
 
-    /// Queued closed-model requests per translator before another starts.
+    /// Queued closed-model requests (interactive or batch) per translator before
+    /// another starts.
     #[arg(long, env = "AUTOSCALER_TRANSLATOR_TARGET", default_value_t = 256)]
     pub translator_target: u32,
 

@@ -1,14 +1,51 @@
-//! Switchyard's autoscaler: makes the instances of every cluster follow its queue.
+//! Switchyard's autoscaler: makes the instances of every cluster follow its queues.
 //!
 //! - [`decide`]: the scaling rule, a pure function (property-tested).
 //! - [`backend`]: where instances run — local processes or Kubernetes Deployments.
 //! - [`Reconciler`]: about once a second, for every cluster spec in KV `clusters`:
-//!   load = its consumer's `num_pending + num_ack_pending`; desired from [`decide`];
-//!   start or stop (drain) instances; write the cluster's status. Instances that died
-//!   unasked are billed up to their death from their heartbeat and replaced on the
-//!   next tick if the load still needs them. Clusters whose spec was deleted are
-//!   scaled to zero. Optionally the translator pool follows the closed-model queue.
-//! - [`metrics`]: instances and desired per pool, queue depth, decisions, cold starts.
+//!   interactive load = `num_pending + num_ack_pending` of its consumer
+//!   `open__<model>__<account>` (REQUESTS), batch load = the same of
+//!   `batch__<model>__<account>` (BATCHWORK; 0 while that consumer does not exist);
+//!   desired from [`decide`]; start or stop (drain) instances; write the cluster's
+//!   status. Instances that died unasked are billed up to their death from their
+//!   heartbeat and replaced on the next tick if the load still needs them. Clusters
+//!   whose spec was deleted are scaled to zero. Optionally the translator pool follows
+//!   the closed-model queues (`translator` on REQUESTS, `translator-batch` on
+//!   BATCHWORK).
+//! - [`metrics`]: instances and desired per pool, queue depth per pool and kind
+//!   (`interactive`, `batch`), decisions, cold starts.
+//!
+//! # Batch work and autoscaling
+//!
+//! Workers serve interactive requests first and take batch work only with idle
+//! capacity, so a batch job never slows interactive traffic down. Whether pending batch
+//! work also makes the autoscaler start or keep instances is the cluster's
+//! `batch_instances` setting (default 1, at most `capacity.max`):
+//!
+//! ```text
+//! desired = clamp(max(ceil(interactive_load / target_concurrency),
+//!                     min(ceil(batch_load / target_concurrency), batch_instances)),
+//!                 min, max)
+//! ```
+//!
+//! (`interactive_load` and `batch_load` are the pending plus in-flight requests of the
+//! cluster's two queues.) Interactive load scales a cluster exactly as it does without
+//! batch work; batch work alone keeps at most `batch_instances` instances running.
+//!
+//! - `batch_instances = 0`: batch work only rides on instances that interactive load
+//!   or `capacity.min` keeps running. It never starts an instance, never holds the
+//!   cluster above zero, and does not count as activity for the idle timeout; with
+//!   `min = 0` and no interactive traffic it waits in its queue (BATCHWORK keeps it up
+//!   to a week) until something starts an instance.
+//! - `batch_instances ≥ 1`: a cluster at zero starts for a batch job; pending batch
+//!   work counts as activity, so the cluster goes down to `capacity.min` `timeout`
+//!   minutes after both queues are empty.
+//!
+//! Instances kept for batch work are billed like any other (instance-seconds). The
+//! translator pool counts closed-model batch work (`translator-batch`) the same way as
+//! interactive work — `max(ceil(interactive / target), ceil(batch / target))` within
+//! its configured min and max — so it never drops below one translator while either
+//! queue has work.
 
 pub mod backend;
 pub mod config;
@@ -18,7 +55,9 @@ pub mod metrics;
 use std::collections::{BTreeMap, BTreeSet};
 use tokio::time::Instant;
 
-use async_nats::jetstream::{self, consumer::PullConsumer, kv};
+use async_nats::jetstream::consumer::{Info as ConsumerInfo, PullConsumer, pull};
+use async_nats::jetstream::stream::ConsumerErrorKind;
+use async_nats::jetstream::{self, ErrorCode, kv};
 use chrono::Utc;
 use futures::StreamExt;
 use schemas::cluster::{
@@ -31,7 +70,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use backend::{Backend, Pool};
 pub use config::{BackendKind, Config};
-use metrics::{DirectionLabels, Metrics, PoolLabels};
+use metrics::{DirectionLabels, Metrics, PoolLabels, QueueLabels};
 
 /// Why the autoscaler could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +97,55 @@ struct Memory {
     /// When the pool's first instance was started from zero, and how many messages the
     /// queue had delivered then: a delivery since means an instance is pulling.
     cold_start: Option<(Instant, u64)>,
+}
+
+/// What one tick saw of a pool's queues.
+#[derive(Debug)]
+struct Observed {
+    load: decide::Load,
+    /// Pull requests waiting (an instance is pulling).
+    waiting: usize,
+    /// Messages delivered so far (both queues).
+    delivered: u64,
+    /// Interactive requests answered.
+    inferences: u64,
+    last_inference_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// The durable consumer on BATCHWORK holding `pool`'s batch work.
+fn batch_consumer(pool: &Pool) -> Result<String, String> {
+    match pool {
+        Pool::Cluster { account, model } => Ok(switchyard_nats::batch_consumer_name(
+            &model_token(model).map_err(|e| e.to_string())?,
+            &model_token(account).map_err(|e| e.to_string())?,
+        )),
+        Pool::Translators => Ok(subjects::TRANSLATOR_BATCH_CONSUMER.to_string()),
+    }
+}
+
+/// A durable consumer's info, from one consumer-info call; `None` when the stream or
+/// the consumer does not exist: the batch router makes a cluster's batch queue when it
+/// first routes work to it, so a missing one holds nothing.
+async fn batch_info(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> Result<Option<ConsumerInfo>, String> {
+    match js
+        .get_consumer_from_stream::<pull::Config, _, _>(consumer, stream)
+        .await
+    {
+        Ok(c) => Ok(Some(c.cached_info().clone())),
+        Err(e) => match e.kind() {
+            ConsumerErrorKind::JetStream(j)
+                if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND
+                    || j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(None)
+            }
+            _ => Err(format!("batch queue {stream}/{consumer}: {e}")),
+        },
+    }
 }
 
 /// The reconcile loop's state.
@@ -180,6 +268,7 @@ impl Reconciler {
                 target_concurrency: spec.target_concurrency,
                 timeout: self.config.idle_timeout(spec.timeout_minutes),
                 prewarm: spec.capacity.desired,
+                batch_instances: spec.batch_instances,
             };
             if let Err(e) = self.reconcile(pool, &policy, Some(spec)).await {
                 self.metrics.errors.inc();
@@ -195,6 +284,8 @@ impl Reconciler {
                     .config
                     .idle_timeout(schemas::cluster::DEFAULT_TIMEOUT_MINUTES),
                 prewarm: 0,
+                // Closed-model batch work counts like interactive work, up to the max.
+                batch_instances: self.config.translators_max,
             };
             if let Err(e) = self.reconcile(&Pool::Translators, &policy, None).await {
                 self.metrics.errors.inc();
@@ -219,32 +310,62 @@ impl Reconciler {
         Ok(())
     }
 
+    /// What the pool's queues hold now: its interactive queue (one consumer-info call
+    /// on the cached consumer) and its batch queue (one consumer-info call; none yet
+    /// means no batch work), read concurrently.
+    async fn observe(&mut self, pool: &Pool) -> Result<Observed, String> {
+        let js = self.js.clone();
+        let batch_consumer = batch_consumer(pool)?;
+        let interactive = async {
+            let info = self
+                .queue(pool)
+                .await?
+                .info()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(info.clone())
+        };
+        let (interactive, batch) = tokio::join!(
+            interactive,
+            batch_info(&js, subjects::BATCHWORK_STREAM, &batch_consumer)
+        );
+        let (interactive, batch) = (interactive?, batch?);
+        let backlog = |i: &ConsumerInfo| i.num_pending + i.num_ack_pending as u64;
+        Ok(Observed {
+            load: decide::Load {
+                interactive: backlog(&interactive),
+                batch: batch.as_ref().map_or(0, backlog),
+            },
+            waiting: interactive.num_waiting + batch.as_ref().map_or(0, |b| b.num_waiting),
+            delivered: interactive.delivered.consumer_sequence
+                + batch.as_ref().map_or(0, |b| b.delivered.consumer_sequence),
+            inferences: interactive.ack_floor.consumer_sequence,
+            last_inference_at: interactive.ack_floor.last_active.and_then(|t| {
+                chrono::DateTime::<Utc>::from_timestamp(t.unix_timestamp(), t.nanosecond())
+            }),
+        })
+    }
+
     async fn reconcile(
         &mut self,
         pool: &Pool,
         policy: &decide::Policy,
         spec: Option<&ClusterSpec>,
     ) -> Result<(), String> {
-        let info = self
-            .queue(pool)
-            .await?
-            .info()
-            .await
-            .map_err(|e| e.to_string())?;
-        let load = info.num_pending + info.num_ack_pending as u64;
-        let waiting = info.num_waiting;
-        let delivered = info.delivered.consumer_sequence;
-        let inferences = info.ack_floor.consumer_sequence;
-        let last_inference_at = info.ack_floor.last_active.and_then(|t| {
-            chrono::DateTime::<Utc>::from_timestamp(t.unix_timestamp(), t.nanosecond())
-        });
+        let Observed {
+            load,
+            waiting,
+            delivered,
+            inferences,
+            last_inference_at,
+        } = self.observe(pool).await?;
         let now = Instant::now();
         let memory = self.memory.entry(pool.clone()).or_insert(Memory {
             idle_since: now,
             spec_modified: spec.map(|s| s.modified),
             cold_start: None,
         });
-        if load > 0 {
+        if policy.busy(load) {
             memory.idle_since = now;
         }
         // A changed spec (e.g. a new pre-warm count) restarts the idle clock.
@@ -270,7 +391,7 @@ impl Reconciler {
             if current == 0 && want > 0 {
                 memory.cold_start = Some((now, delivered));
             }
-            tracing::info!(pool = %pool, load, current, want, "scaling");
+            tracing::info!(pool = %pool, load = load.interactive, batch_load = load.batch, current, want, "scaling");
             self.backend.scale(pool, want).await?;
             self.metrics
                 .decisions
@@ -290,16 +411,21 @@ impl Reconciler {
             .desired
             .get_or_create(&labels)
             .set(i64::from(want));
-        self.metrics
-            .queue_depth
-            .get_or_create(&labels)
-            .set(i64::try_from(load).unwrap_or(i64::MAX));
+        for (kind, depth) in [("interactive", load.interactive), ("batch", load.batch)] {
+            self.metrics
+                .queue_depth
+                .get_or_create(&QueueLabels {
+                    pool: labels.pool.clone(),
+                    kind: kind.into(),
+                })
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
         if let Pool::Cluster { account, model } = pool {
             let state = if want == 0 {
                 ClusterState::Stopped
             } else if want != current || waiting == 0 {
                 ClusterState::Scaling
-            } else if load == 0 {
+            } else if load == decide::Load::default() {
                 ClusterState::Idle
             } else {
                 ClusterState::Running
@@ -314,7 +440,8 @@ impl Reconciler {
                 instances: want,
                 ready,
                 desired: want,
-                load,
+                load: load.interactive,
+                batch_load: load.batch,
                 inferences,
                 last_inference_at,
                 updated: Utc::now(),

@@ -14,6 +14,13 @@ pub struct PoolLabels {
     pub pool: String,
 }
 
+/// A pool's queue: `kind` is `interactive` or `batch`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub pool: String,
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     pub direction: String,
@@ -26,8 +33,9 @@ pub struct Metrics {
     pub instances: Family<PoolLabels, Gauge>,
     /// Instances wanted, per pool.
     pub desired: Family<PoolLabels, Gauge>,
-    /// Requests pending or in flight in the pool's queue.
-    pub queue_depth: Family<PoolLabels, Gauge>,
+    /// Requests pending or in flight in the pool's queues, by kind (`interactive`,
+    /// `batch`): `sum by (pool)` is the whole backlog.
+    pub queue_depth: Family<QueueLabels, Gauge>,
     /// Scale decisions carried out, `up` or `down`.
     pub decisions: Family<DirectionLabels, Counter>,
     /// From deciding to start the first instance of an idle pool to that instance pulling.
@@ -63,7 +71,7 @@ impl Default for Metrics {
         );
         registry.register(
             "queue_depth",
-            "Requests pending or in flight in the pool's queue",
+            "Requests pending or in flight in the pool's queues, by kind (interactive, batch)",
             m.queue_depth.clone(),
         );
         registry.register(

@@ -149,6 +149,7 @@ impl Harness {
             timeout_minutes: 1,
             instance_type: "cpu".into(),
             target_concurrency: 1,
+            batch_instances: 1,
             created: now,
             modified: now,
         };

@@ -35,8 +35,9 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use schemas::catalog::{Catalog, CatalogModel};
 use schemas::cluster::{
-    self, ClusterSpec, ClusterStatus, DEFAULT_MAX_INSTANCES, DEFAULT_TARGET_CONCURRENCY,
-    DEFAULT_TIMEOUT_MINUTES, MAX_INSTANCES, MAX_TARGET_CONCURRENCY, MAX_TIMEOUT_MINUTES,
+    self, ClusterSpec, ClusterStatus, DEFAULT_BATCH_INSTANCES, DEFAULT_MAX_INSTANCES,
+    DEFAULT_TARGET_CONCURRENCY, DEFAULT_TIMEOUT_MINUTES, MAX_INSTANCES, MAX_TARGET_CONCURRENCY,
+    MAX_TIMEOUT_MINUTES,
 };
 use schemas::subjects::CLUSTERS_BUCKET;
 use schemas::{ErrorBody, ErrorKind, ReplyChunk};
@@ -563,10 +564,12 @@ fn view(spec: &ClusterSpec, status: Option<&ClusterStatus>) -> Value {
         "timeout": spec.timeout_minutes,
         "instance_type": spec.instance_type,
         "target_concurrency": spec.target_concurrency,
+        "batch_instances": spec.batch_instances,
         "status": status.map_or("creating", |s| s.state.as_str()),
         "instances": status.map_or(0, |s| s.instances),
         "ready_instances": status.map_or(0, |s| s.ready),
         "load": status.map_or(0, |s| s.load),
+        "batch_load": status.map_or(0, |s| s.batch_load),
         "inferences": status.map_or(0, |s| s.inferences),
         "last_inference_at": status.and_then(|s| s.last_inference_at),
         "created": spec.created,
@@ -584,6 +587,7 @@ struct Fields {
     timeout: Option<u64>,
     instance_type: Option<String>,
     target_concurrency: Option<u64>,
+    batch_instances: Option<u64>,
 }
 
 fn whole(value: &Value, param: &str) -> Result<u64, ApiError> {
@@ -656,6 +660,9 @@ fn parse_fields(body: &[u8]) -> Result<Fields, ApiError> {
             "target_concurrency" => {
                 fields.target_concurrency = Some(whole(value, "target_concurrency")?);
             }
+            "batch_instances" => {
+                fields.batch_instances = Some(whole(value, "batch_instances")?);
+            }
             name if READ_ONLY.contains(&name) => {
                 return Err(invalid(
                     format!("'{name}' is read-only: the cluster reports it"),
@@ -665,7 +672,7 @@ fn parse_fields(body: &[u8]) -> Result<Fields, ApiError> {
             name => {
                 return Err(invalid(
                     format!(
-                        "unknown field '{name}': a cluster has model_id, capacity {{min, desired, max}}, timeout, instance_type and target_concurrency"
+                        "unknown field '{name}': a cluster has model_id, capacity {{min, desired, max}}, timeout, instance_type, target_concurrency and batch_instances"
                     ),
                     name,
                 ));
@@ -687,9 +694,10 @@ fn in_range(value: u64, low: u64, high: u64, param: &str, what: &str) -> Result<
 }
 
 /// The spec `fields` ask for: over `base` (PATCH: unset fields keep their values, and
-/// a desired count left unset is moved into the new [min, max]) or over the defaults
-/// (POST, PUT: `max` defaults to 4, or to `min` when that is larger; `desired` to
-/// `min`). Validates the result; errors name the field.
+/// a desired count or `batch_instances` left unset is moved into the new [min, max] or
+/// below the new max) or over the defaults (POST, PUT: `max` defaults to 4, or to `min`
+/// when that is larger; `desired` to `min`; `batch_instances` to 1). Validates the
+/// result; errors name the field.
 fn build(
     base: Option<&ClusterSpec>,
     fields: &Fields,
@@ -770,6 +778,17 @@ fn build(
     } else if base.is_none() {
         spec.target_concurrency = DEFAULT_TARGET_CONCURRENCY;
     }
+    spec.batch_instances = match (fields.batch_instances, base) {
+        (Some(batch), _) => in_range(
+            batch,
+            0,
+            max,
+            "batch_instances",
+            "instances pending batch work alone may keep running, at most capacity.max",
+        )?,
+        (None, Some(base)) => base.batch_instances.min(spec.capacity.max),
+        (None, None) => DEFAULT_BATCH_INSTANCES.min(spec.capacity.max),
+    };
     if let Some(instance_type) = &fields.instance_type {
         if instance_type != catalog_type {
             return Err(invalid(
@@ -792,6 +811,7 @@ fn same_settings(a: &ClusterSpec, b: &ClusterSpec) -> bool {
         && a.timeout_minutes == b.timeout_minutes
         && a.instance_type == b.instance_type
         && a.target_concurrency == b.target_concurrency
+        && a.batch_instances == b.batch_instances
 }
 
 /// `Result<Bytes, BytesRejection>` → the body, or 413 / 400.
@@ -1080,6 +1100,7 @@ mod tests {
             (spec.capacity.min, spec.capacity.desired, spec.capacity.max),
             (0, 0, 4)
         );
+        assert_eq!(spec.batch_instances, 1);
         let spec = build(
             None,
             &fields(r#"{"capacity":{"min":6}}"#).unwrap(),
@@ -1122,6 +1143,7 @@ mod tests {
             (1, 2, 2)
         );
         assert_eq!((spec.timeout_minutes, spec.target_concurrency), (20, 4));
+        assert_eq!(spec.batch_instances, 1);
         let e = build(
             Some(&base),
             &fields(r#"{"capacity":{"min":6}}"#).unwrap(),
@@ -1131,6 +1153,55 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(param_of(e), "capacity.min");
+    }
+
+    #[test]
+    fn batch_instances_is_kept_set_and_moved_below_a_lower_max() {
+        let m = model();
+        let now = now_ms();
+        let base = build(
+            None,
+            &fields(r#"{"capacity":{"max":5},"batch_instances":4}"#).unwrap(),
+            "acme",
+            &m,
+            now,
+        )
+        .unwrap();
+        assert_eq!(base.batch_instances, 4);
+        let patch = |body: &str| build(Some(&base), &fields(body).unwrap(), "acme", &m, now);
+        assert_eq!(patch(r#"{"timeout":3}"#).unwrap().batch_instances, 4);
+        assert_eq!(
+            patch(r#"{"batch_instances":0}"#).unwrap().batch_instances,
+            0
+        );
+        assert_eq!(
+            patch(r#"{"batch_instances":5}"#).unwrap().batch_instances,
+            5
+        );
+        // Lowering max moves it along, like desired; naming both checks both.
+        assert_eq!(
+            patch(r#"{"capacity":{"max":2}}"#).unwrap().batch_instances,
+            2
+        );
+        let e = patch(r#"{"capacity":{"max":2},"batch_instances":3}"#).unwrap_err();
+        assert_eq!(param_of(e), "batch_instances");
+        // PUT / POST: a max of 1 leaves the default of 1; an explicit 0 stays.
+        let spec = build(
+            None,
+            &fields(r#"{"capacity":{"max":1},"batch_instances":0}"#).unwrap(),
+            "acme",
+            &m,
+            now,
+        )
+        .unwrap();
+        assert_eq!(spec.batch_instances, 0);
+        assert!(!same_settings(
+            &spec,
+            &ClusterSpec {
+                batch_instances: 1,
+                ..spec.clone()
+            }
+        ));
     }
 
     #[test]
@@ -1151,6 +1222,11 @@ mod tests {
             (r#"{"target_concurrency":0}"#, "target_concurrency"),
             (r#"{"target_concurrency":257}"#, "target_concurrency"),
             (r#"{"instance_type":"gpu-a100-40gb"}"#, "instance_type"),
+            (r#"{"batch_instances":5}"#, "batch_instances"),
+            (
+                r#"{"capacity":{"max":2},"batch_instances":3}"#,
+                "batch_instances",
+            ),
         ] {
             let e = build(None, &fields(body).unwrap(), "acme", &m, now).unwrap_err();
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{body}");
@@ -1163,6 +1239,8 @@ mod tests {
             (r#"{"capacity":4}"#, "capacity"),
             (r#"{"timeout":"10"}"#, "timeout"),
             (r#"{"instance_type":7}"#, "instance_type"),
+            (r#"{"batch_instances":-1}"#, "batch_instances"),
+            (r#"{"batch_instances":"1"}"#, "batch_instances"),
             (r#"{"status":"running"}"#, "status"),
             (r#"{"replicas":2}"#, "replicas"),
         ] {
@@ -1207,6 +1285,7 @@ mod tests {
             ready: instances,
             desired: 1,
             load: 0,
+            batch_load: 0,
             inferences: 0,
             last_inference_at: None,
             updated: Utc::now(),
@@ -1235,6 +1314,7 @@ mod tests {
             ready: 2,
             desired: 2,
             load: 1,
+            batch_load: 4,
             inferences: 9,
             last_inference_at: None,
             updated: now - chrono::Duration::seconds(5),
@@ -1250,5 +1330,10 @@ mod tests {
         assert_eq!(v["status"], "running");
         assert_eq!(v["capacity"]["desired"], 2);
         assert_eq!(v["inferences"], 9);
+        assert_eq!(
+            (v["load"].as_u64(), v["batch_load"].as_u64()),
+            (Some(1), Some(4))
+        );
+        assert_eq!(v["batch_instances"], 1);
     }
 }

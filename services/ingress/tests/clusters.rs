@@ -137,6 +137,7 @@ fn running(instances: u32) -> ClusterStatus {
         ready: instances,
         desired: instances,
         load: 0,
+        batch_load: 0,
         inferences: 7,
         last_inference_at: Some(Utc::now()),
         updated: Utc::now(),
@@ -172,6 +173,7 @@ async fn create_read_update_list_delete() {
     assert_eq!(created["timeout"], 10);
     assert_eq!(created["instance_type"], "cpu");
     assert_eq!(created["target_concurrency"], 1);
+    assert_eq!(created["batch_instances"], 1);
     assert_eq!(created["status"], "creating");
     assert_eq!(created["instances"], 0);
     assert_eq!(created["inferences"], 0);
@@ -332,6 +334,113 @@ async fn create_read_update_list_delete() {
         ),
         1.0
     );
+}
+
+#[tokio::test]
+async fn batch_instances_is_set_kept_and_shown_with_the_batch_load() {
+    let h = start().await;
+    // POST: given; GET returns it; KV holds it.
+    let (status, created) = h
+        .call(
+            DEV,
+            Method::POST,
+            "/v1/clusters",
+            Some(r#"{"model_id": "sentence-transformers/all-MiniLM-L6-v2", "capacity": {"max": 3}, "batch_instances": 0}"#),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["batch_instances"], 0);
+    assert_eq!(created["batch_load"], 0);
+    let (_, got) = h.call(DEV, Method::GET, &path(EMBEDDER), None).await;
+    assert_eq!(got["batch_instances"], 0);
+    assert_eq!(
+        h.stored_spec("dev", EMBEDDER)
+            .await
+            .unwrap()
+            .batch_instances,
+        0
+    );
+
+    // PATCH changes it alone; the same PATCH again changes nothing.
+    let (status, patched) = h
+        .call(
+            DEV,
+            Method::PATCH,
+            &path(EMBEDDER),
+            Some(r#"{"batch_instances": 3}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["batch_instances"], 3);
+    assert_eq!(patched["capacity"], created["capacity"]);
+    assert_ne!(patched["modified"], created["modified"]);
+    let (_, again) = h
+        .call(
+            DEV,
+            Method::PATCH,
+            &path(EMBEDDER),
+            Some(r#"{"batch_instances": 3}"#),
+        )
+        .await;
+    assert_eq!(again, patched);
+    // Above the max: refused, naming the field; nothing changed.
+    let (status, refused) = h
+        .call(
+            DEV,
+            Method::PATCH,
+            &path(EMBEDDER),
+            Some(r#"{"batch_instances": 4}"#),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["param"], "batch_instances");
+    assert_eq!(
+        h.stored_spec("dev", EMBEDDER)
+            .await
+            .unwrap()
+            .batch_instances,
+        3
+    );
+    // Lowering the max moves it along (as it does desired).
+    let (_, lowered) = h
+        .call(
+            DEV,
+            Method::PATCH,
+            &path(EMBEDDER),
+            Some(r#"{"capacity": {"max": 2}}"#),
+        )
+        .await;
+    assert_eq!(lowered["batch_instances"], 2);
+    // PUT replaces: left out, it is the default again.
+    let (status, put) = h
+        .call(
+            DEV,
+            Method::PUT,
+            &path(EMBEDDER),
+            Some(r#"{"capacity": {"max": 2}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{put}");
+    assert_eq!(put["batch_instances"], 1);
+
+    // The autoscaler's batch load shows up beside the interactive load.
+    h.put_status(
+        "dev",
+        EMBEDDER,
+        &ClusterStatus {
+            load: 2,
+            batch_load: 40,
+            ..running(1)
+        },
+    )
+    .await;
+    let (_, got) = h.call(DEV, Method::GET, &path(EMBEDDER), None).await;
+    assert_eq!(
+        (got["load"].as_u64(), got["batch_load"].as_u64()),
+        (Some(2), Some(40))
+    );
+    let (_, list) = h.call(DEV, Method::GET, "/v1/clusters", None).await;
+    assert_eq!(list["data"][0], got);
 }
 
 /// A request and what it must be answered: (method, path, body, status, param, part
@@ -525,6 +634,38 @@ async fn validation_errors_name_the_field() {
             400,
             "target_concurrency",
             "from 1 to 256",
+        ),
+        (
+            Method::PUT,
+            path(CHATTER),
+            Some(r#"{"batch_instances": 5}"#),
+            400,
+            "batch_instances",
+            "from 0 to 4",
+        ),
+        (
+            Method::PUT,
+            path(CHATTER),
+            Some(r#"{"capacity": {"max": 2}, "batch_instances": 3}"#),
+            400,
+            "batch_instances",
+            "from 0 to 2",
+        ),
+        (
+            Method::PUT,
+            path(CHATTER),
+            Some(r#"{"batch_instances": -1}"#),
+            400,
+            "batch_instances",
+            "whole number",
+        ),
+        (
+            Method::POST,
+            "/v1/clusters".into(),
+            Some(r#"{"model_id": "sentence-transformers/all-MiniLM-L6-v2", "batch_instances": 9}"#),
+            400,
+            "batch_instances",
+            "at most capacity.max",
         ),
         (
             Method::PUT,
