@@ -23,7 +23,7 @@ import uuid
 
 import msgpack
 import nats
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 # The namespace of request ids: uuid5(NAMESPACE, "<account>/<job>/<row>") (BATCH.md).
 NAMESPACE = uuid.UUID("6f1d8a2e-4c3b-5d7e-9f10-2a3b4c5d6e7f")
@@ -88,12 +88,14 @@ async def run(args) -> dict:
     wanted = {request_id(args.account, args.job, row) for row in range(args.count)}
     got = {}
 
-    # Every result of the job, from the first: an ordered consumer on res.<acct>.<job>.>.
+    # Every result of the job, from the first: a named, ordered push consumer on
+    # res.<acct>.<job>.> delivering to our own inbox (BATCH.md, "Read the results").
     results = await js.subscribe(
         f"res.{acct}.{args.job}.>",
         stream="RESULTS",
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
+        config=ConsumerConfig(name=f"{acct}-{args.job}-{uuid.uuid4().hex}"),
     )
 
     # Rows answered by an earlier run: one direct get each, by result subject.

@@ -5,15 +5,17 @@
 //! - [`request_id`]: a UUIDv5 of account, job and row, so re-running a job publishes
 //!   the same ids (the stream drops duplicates; the router skips requests already
 //!   answered).
-//! - [`Results::open`]: reads the job's results from RESULTS (an ordered consumer on
-//!   `res.<account>.<job>.>`), first those already stored, then new ones as they land.
+//! - [`Results::open`]: reads the job's results from RESULTS (a named, ordered *push*
+//!   consumer on `res.<account>.<job>.>` delivering to the job's own inbox: what a
+//!   batch user's NATS permissions allow, see `nats/README.md`), first those already
+//!   stored, then new ones as they land.
 //! - [`publish`]: publishes requests with JetStream, `Nats-Msg-Id` = request id,
 //!   pipelining up to [`PUBLISH_WINDOW`] unacknowledged publishes.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
+use async_nats::jetstream::{self, consumer::push::OrderedConfig};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use schemas::{BatchRequest, BatchResult, subjects};
@@ -113,24 +115,26 @@ impl std::fmt::Debug for Results {
 
 impl Results {
     /// Starts reading every result of `job` (`res.<account>.<job>.>`) from the
-    /// beginning, with an ordered consumer (ephemeral, recreated by the client on gaps).
+    /// beginning, with a named, ordered push consumer (ephemeral, ack none, recreated
+    /// by the client on gaps) delivering to an inbox of `js`'s connection. How many
+    /// results were stored comes with the consumer's creation (a batch user may not ask
+    /// for consumer info).
     pub async fn open(
         js: &jetstream::Context,
         account_token: &str,
         job: &str,
     ) -> Result<Self, JobError> {
-        let stream = js
-            .get_stream_no_info(subjects::RESULTS_STREAM)
+        let config = OrderedConfig {
+            name: Some(format!("{account_token}-{job}-{}", Uuid::now_v7().simple())),
+            deliver_subject: js.client().new_inbox(),
+            filter_subject: subjects::batch_results_of(account_token, job),
+            ..OrderedConfig::default()
+        };
+        let consumer = js
+            .create_consumer_on_stream(config, subjects::RESULTS_STREAM)
             .await
             .map_err(nats)?;
-        let mut consumer = stream
-            .create_consumer(OrderedConfig {
-                filter_subject: subjects::batch_results_of(account_token, job),
-                ..OrderedConfig::default()
-            })
-            .await
-            .map_err(nats)?;
-        let stored_at_open = consumer.info().await.map_err(nats)?.num_pending;
+        let stored_at_open = consumer.cached_info().num_pending;
         let messages = consumer
             .messages()
             .await
