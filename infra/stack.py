@@ -151,6 +151,15 @@ def nats_server_info(url: str, timeout: float = 2.0) -> dict:
     return json.loads(line[5:])
 
 
+def mask_url(url: str) -> str:
+    """A URL fit to print: `nats://user:secret@host:4222` -> `nats://user:***@host:4222`."""
+    u = urllib.parse.urlsplit(url)
+    if u.password is None:
+        return url
+    host = u.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(u._replace(netloc=f"{u.username}:***@{host}"))
+
+
 def _version_tuple(text: str) -> tuple[int, ...]:
     m = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
     return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
@@ -255,6 +264,16 @@ class StackConfig:
     dev_api_key: Optional[str] = None
     seal_key: Optional[str] = None
     seal_key_file: Optional[str] = None
+    # The key our nats-server encrypts its JetStream store with (single.conf's `cipher`);
+    # None = generated once into run_dir/nats-store.key and reused by the next `up`.
+    nats_store_key: Optional[str] = None
+    # False: our nats-server runs single.conf without its `cipher` (store in plaintext),
+    # for tests that must see what the services themselves put on disk (sealing).
+    nats_store_encryption: bool = True
+    # Our nats-server with users and permissions (nats/README.md): the services get a
+    # NATS_URL with the internal user's password (generated into run_dir/nats-password)
+    # and log in with it (switchyard_nats::connect). False: no users (anyone may connect).
+    nats_auth: bool = True
     database_url: Optional[str] = None
     postgres: bool = False  # make sure Postgres is up and the database exists
     mock_api_key: str = MOCK_API_KEY_UP
@@ -293,6 +312,8 @@ class StackConfig:
             dev_api_key=e("SWITCHYARD_DEV_API_KEY"),
             seal_key=e("SWITCHYARD_SEAL_KEY"),
             seal_key_file=e("SWITCHYARD_SEAL_KEY_FILE"),
+            nats_store_key=e("SWITCHYARD_NATS_STORE_KEY"),
+            nats_auth=(e("SWITCHYARD_NATS_AUTH") or "1").lower() not in ("0", "false", "no"),
             database_url=e("DATABASE_URL") or DEFAULT_DATABASE_URL,
             postgres=True,
             rust_log=e("RUST_LOG") or "info",
@@ -618,6 +639,9 @@ class Stack:
         env["RUST_LOG"] = cfg.rust_log
         env["NO_COLOR"] = "1"  # logs go to files: no ANSI escapes (tracing-subscriber honours it)
         env.pop("RUST_LOG_STYLE", None)
+        # The store key and the NATS password variable are nats-server's alone.
+        env.pop("SWITCHYARD_NATS_STORE_KEY", None)
+        env.pop("SWITCHYARD_NATS_PASSWORD", None)
         # Exactly one of the two seal-key variables reaches the services.
         env.pop("SWITCHYARD_SEAL_KEY", None)
         env.pop("SWITCHYARD_SEAL_KEY_FILE", None)
@@ -640,16 +664,16 @@ class Stack:
             try:
                 info = nats_server_info(cfg.nats_url)
             except (OSError, ValueError) as e:
-                raise StackError(f"NATS_URL={cfg.nats_url} is not reachable: {e}") from e
+                raise StackError(f"NATS_URL={mask_url(cfg.nats_url)} is not reachable: {e}") from e
             version = info.get("version", "?")
             if _version_tuple(version)[:2] < MIN_NATS or not info.get("jetstream"):
                 raise StackError(
-                    f"NATS_URL={cfg.nats_url} is nats-server {version} "
+                    f"NATS_URL={mask_url(cfg.nats_url)} is nats-server {version} "
                     f"(jetstream={info.get('jetstream')}); Switchyard needs >= "
                     f"{MIN_NATS[0]}.{MIN_NATS[1]} with JetStream. Unset NATS_URL to use our own."
                 )
             self.nats_url = cfg.nats_url
-            self._say(f"nats: using NATS_URL={cfg.nats_url} (nats-server {version})")
+            self._say(f"nats: using NATS_URL={mask_url(cfg.nats_url)} (nats-server {version})")
             return
         server = find_nats_server()
         if cfg.default_ports:
@@ -658,13 +682,49 @@ class Stack:
         else:
             port, mport = self.ports.any_free(), self.ports.any_free()
         self.nats_store_dir = self.run_dir / "nats"
-        self.nats_url = f"nats://127.0.0.1:{port}"
+        self.nats_url = f"nats://127.0.0.1:{port}"  # with a password below when nats_auth
         self.nats_monitor_url = f"http://127.0.0.1:{mport}"
+        # single.conf encrypts the store with $SWITCHYARD_NATS_STORE_KEY (by env, not argv:
+        # argv is world-readable). The key stays with the store: a different key would
+        # leave the old streams unreadable. nats-server takes an empty key as "no
+        # encryption", so refuse one.
+        conf, env = SINGLE_CONF, dict(os.environ)
+        env.pop("SWITCHYARD_NATS_STORE_KEY", None)
+        env.pop("SWITCHYARD_NATS_PASSWORD", None)
+        if cfg.nats_store_encryption:
+            if cfg.nats_store_key is not None and not cfg.nats_store_key.strip():
+                raise StackError("SWITCHYARD_NATS_STORE_KEY is set but empty: unset it (one is generated) "
+                                 "or give a key; an empty key would leave the NATS store unencrypted")
+            env["SWITCHYARD_NATS_STORE_KEY"] = cfg.nats_store_key or self._persisted(
+                "nats-store.key", lambda: base64.b64encode(os.urandom(32)).decode())
+        else:
+            conf = self.run_dir / "nats-plaintext.conf"
+            conf.write_text("".join(
+                line for line in SINGLE_CONF.read_text().splitlines(keepends=True)
+                if not line.lstrip().startswith(("cipher:", "key:"))))
+        if cfg.nats_auth:
+            # `just up` uses the users file `switchyard-nats batch-user` edits by default (so
+            # `batch-user add` + `kill -HUP $(cat .run/nats-server.pid)` works); tests and
+            # the benchmark one of their own. `init` makes it, or refreshes permissions.
+            users = REPO / "nats" / "auth" / "batch-users.conf" if cfg.detach else self.run_dir / "nats-batch-users.conf"
+            init = [str(cfg.bin_dir / "switchyard-nats"), "batch-user", "init", "--users-file", str(users)]
+            res = subprocess.run(init, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=REPO)
+            if res.returncode != 0:
+                raise StackError(f"`{shlex.join(init)}` exited {res.returncode}: {res.stderr.strip()}")
+            password = self._persisted(
+                "nats-password", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("="))
+            env["SWITCHYARD_NATS_PASSWORD"] = password
+            # nats-server resolves includes relative to the including file only.
+            top = self.run_dir / "nats-server.conf"
+            top.write_text(f'include "{os.path.relpath(conf, self.run_dir)}"\n'
+                           f'include "{os.path.relpath(users, self.run_dir)}"\n')
+            conf = top
+            self.nats_url = f"nats://switchyard:{password}@127.0.0.1:{port}"
         self._add(Service(
             NATS,
-            [str(server), "-c", str(SINGLE_CONF), "-a", "127.0.0.1", "-p", str(port),
+            [str(server), "-c", str(conf), "-a", "127.0.0.1", "-p", str(port),
              "-m", str(mport), "-sd", str(self.nats_store_dir)],
-            dict(os.environ),
+            env,
             self.log_dir / "nats-server.log",
             health_url=f"{self.nats_monitor_url}/healthz?js-enabled-only=true",
         ))
@@ -672,8 +732,8 @@ class Stack:
     def _apply_nats(self, base_env: dict[str, str]) -> None:
         base_env["NATS_URL"] = self.nats_url
         log = self.log_dir / "nats-apply.log"
-        cmd = [str(self.cfg.bin_dir / "switchyard-nats"), "apply", "--nats-url", self.nats_url,
-               "--dir", str(REPO / "nats")]
+        # NATS_URL by env (base_env), not argv: it may carry a password.
+        cmd = [str(self.cfg.bin_dir / "switchyard-nats"), "apply", "--dir", str(REPO / "nats")]
         def run(args: list[str]) -> int:
             with open(log, "ab") as f:
                 return subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -690,7 +750,7 @@ class Stack:
             rc = run(cmd)
         if rc != 0:
             raise StackError(f"`{shlex.join(cmd)}` exited {rc}; {log}:\n{tail(log)}")
-        self._say(f"nats: applied {REPO / 'nats'} to {self.nats_url}")
+        self._say(f"nats: applied {REPO / 'nats'} to {mask_url(self.nats_url)}")
 
     def _add(self, svc: Service) -> None:
         self.services[svc.name] = svc
@@ -871,6 +931,9 @@ def _write_state(stack: Stack) -> None:
     lines = ["# written by `just up` (infra/stack.py); source it: . .run/env"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in state["env"].items()]
     (run / "env").write_text("\n".join(lines) + "\n")
+    # NATS_URL may carry the NATS password.
+    for name in (STATE, EXPORTED, "env"):
+        os.chmod(run / name, 0o600)
     for s in state["services"]:
         (run / f"{s['name']}.pid").write_text(f"{s['pid']}\n")
 
@@ -904,7 +967,7 @@ def _print_banner(state: dict) -> None:
     print()
     print(f"Switchyard is up.  API: {env['SWITCHYARD_API_URL']}")
     print(f"  dev API key:  {env['SWITCHYARD_DEV_API_KEY']}")
-    print(f"  NATS:         {env['NATS_URL']}")
+    print(f"  NATS:         {mask_url(env['NATS_URL'])}")
     for name in ("OPENAI", "ANTHROPIC", "GEMINI"):
         url = env.get(f"SWITCHYARD_{name}_BASE_URL", "")
         mocked = bool(mock_url) and url.startswith(mock_url)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime as dt
 import os
 import shutil
@@ -147,10 +148,12 @@ def scenario(bins: Path, n: int, batch: int, dup_percent: int, live: bool) -> di
     try:
         port, mport = ports.any_free(), ports.any_free()
         nats_url = f"nats://127.0.0.1:{port}"
+        # single.conf encrypts the store with a key from the environment (as in production).
+        nats_env = {**os.environ, "SWITCHYARD_NATS_STORE_KEY": base64.b64encode(os.urandom(32)).decode()}
         procs.append(subprocess.Popen(
             [str(stack.find_nats_server()), "-c", str(stack.SINGLE_CONF), "-a", "127.0.0.1",
              "-p", str(port), "-m", str(mport), "-sd", str(tmp / "js")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=nats_env))
         wait_http(f"http://127.0.0.1:{mport}/healthz?js-enabled-only=true")
         env = {**os.environ, "RUST_LOG": "warn", "NO_COLOR": "1"}
         subprocess.run([str(bins / "switchyard-nats"), "apply", "--nats-url", nats_url,

@@ -16,6 +16,92 @@ use serde::Deserialize;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The nats-server user every Switchyard service logs in as (full access); batch
+/// accounts' users are named by their account token (`nats/README.md`).
+pub const INTERNAL_USER: &str = "switchyard";
+
+/// Connecting to NATS failed; the URL is shown with its password masked.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to NATS at {url}: {message}")]
+pub struct ConnectError {
+    pub url: String,
+    pub message: String,
+}
+
+/// Connects to NATS at `url` as client `name`, logging in with the user and password
+/// the URL carries (`nats://user:password@host:4222`, %-escapes decoded): async-nats
+/// 0.51 parses credentials in a URL but never sends them. Every Switchyard service
+/// connects through here, so `NATS_URL` is the one setting that carries them. The
+/// client is given the URL without them: async-nats logs server addresses.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
+    let fail = |message: String| ConnectError {
+        url: redact_url(url),
+        message,
+    };
+    connect_options(url)
+        .map_err(fail)?
+        .name(name)
+        .connect(without_credentials(url))
+        .await
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// `nats://user:password@host:4222` → `nats://host:4222`.
+pub fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Connect options with the user and password of `url`, if it has them.
+pub fn connect_options(url: &str) -> Result<async_nats::ConnectOptions, String> {
+    let addr: async_nats::ServerAddr = url.parse().map_err(|e| format!("bad NATS URL: {e}"))?;
+    Ok(match (addr.username(), addr.password()) {
+        (Some(user), Some(password)) => async_nats::ConnectOptions::with_user_and_password(
+            percent_decode(user)?,
+            percent_decode(password)?,
+        ),
+        (Some(_), None) => return Err("the NATS URL has a user but no password".into()),
+        _ => async_nats::ConnectOptions::new(),
+    })
+}
+
+/// `nats://user:password@host:4222` → `nats://user:***@host:4222`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    format!("{scheme}://{user}:***@{host}")
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let byte = s
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .ok_or("bad %-escape in the NATS URL's credentials")?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the NATS URL's credentials are not UTF-8".into())
+}
+
 /// A stream, consumer or bucket definition that cannot be read or applied.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -417,6 +503,25 @@ pub async fn apply_recreating(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_password_and_credentials_are_decoded() {
+        assert_eq!(
+            redact_url("nats://acme:s3cr%40t@127.0.0.1:4222"),
+            "nats://acme:***@127.0.0.1:4222"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(percent_decode("s3cr%40t%2F").unwrap(), "s3cr@t/");
+        assert!(percent_decode("bad%4").is_err());
+        assert!(connect_options("nats://acme:pw@127.0.0.1:4222").is_ok());
+        assert!(connect_options("nats://acme@127.0.0.1:4222").is_err());
+        assert!(connect_options("nats://127.0.0.1:4222").is_ok());
+        assert_eq!(
+            without_credentials("nats://switchyard:s3cr@t@127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        assert_eq!(without_credentials("127.0.0.1:4222"), "127.0.0.1:4222");
+    }
 
     #[test]
     fn embedded_definitions_match_the_files() {

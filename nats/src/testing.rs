@@ -63,6 +63,21 @@ fn check_version(binary: &Path) -> Result<(), String> {
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub fn start() -> Result<Self, String> {
+        Self::launch(None, &[])
+    }
+
+    /// Starts a server from a config file (e.g. one that includes the shipped
+    /// `infra/nats/single.conf`) with these environment variables, and waits until it
+    /// accepts connections. The port, monitoring port, store dir and log are still the
+    /// harness's (command-line flags win over the file). `SWITCHYARD_NATS_PASSWORD`
+    /// and `SWITCHYARD_NATS_STORE_KEY` reach the server only through `envs`, never from
+    /// the test's own environment. A config the server rejects is an error with its
+    /// message.
+    pub fn start_with_config(config: &Path, envs: &[(&str, &str)]) -> Result<Self, String> {
+        Self::launch(Some(config), envs)
+    }
+
+    fn launch(config: Option<&Path>, envs: &[(&str, &str)]) -> Result<Self, String> {
         let binary = server_binary();
         check_version(&binary)?;
         let store = tempfile::Builder::new()
@@ -70,23 +85,48 @@ impl NatsServer {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let log = store.path().join("server.log");
+        // Config errors go to stderr, before the log file is opened.
+        let stderr_path = store.path().join("server.stderr");
         // The OS may hand the port to someone else between probe and bind: retry a few.
         for _ in 0..5 {
             let port = free_port().map_err(|e| e.to_string())?;
-            let mut child = Command::new(&binary)
+            let mut cmd = Command::new(&binary);
+            if let Some(config) = config {
+                let monitor = free_port().map_err(|e| e.to_string())?;
+                cmd.arg("-c")
+                    .arg(config)
+                    .args(["-m", &monitor.to_string()])
+                    .env_remove("SWITCHYARD_NATS_PASSWORD")
+                    .env_remove("SWITCHYARD_NATS_STORE_KEY")
+                    .envs(envs.iter().copied());
+            }
+            let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
+            let mut child = cmd
                 .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
                 .arg(store.path().join("jetstream"))
                 .arg("-l")
                 .arg(&log)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // exited: port taken, try another
+                if let Ok(Some(status)) = child.try_wait() {
+                    let said = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+                    if config.is_none()
+                        || said.contains("address already in use")
+                        || logged.contains("address already in use")
+                    {
+                        break; // port taken, try another
+                    }
+                    return Err(format!(
+                        "nats-server exited ({status}): {}{}",
+                        said.trim(),
+                        logged.lines().last().unwrap_or_default()
+                    ));
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                     return Ok(Self {
@@ -119,6 +159,11 @@ impl NatsServer {
         self.store.path().join("jetstream")
     }
 
+    /// The server's process id (for `nats-server --signal reload=<pid>`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's log file.
     pub fn log_file(&self) -> &Path {
         &self.log
@@ -127,6 +172,22 @@ impl NatsServer {
     /// Connects a client.
     pub async fn connect(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
         async_nats::connect(&self.url).await
+    }
+
+    /// Connects as `user` with `password`, using `inbox_prefix` for replies when given
+    /// (a batch user may only subscribe to `_INBOX_<account-token>.>`).
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+        inbox_prefix: Option<&str>,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        let mut options =
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into());
+        if let Some(prefix) = inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
+        options.connect(&self.url).await
     }
 
     /// Connects and applies every definition under `nats/`.

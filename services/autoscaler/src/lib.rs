@@ -75,11 +75,8 @@ use metrics::{DirectionLabels, Metrics, PoolLabels, QueueLabels};
 /// Why the autoscaler could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to NATS at {url}: {source}")]
-    Connect {
-        url: String,
-        source: async_nats::ConnectError,
-    },
+    #[error("{0}")]
+    Connect(switchyard_nats::ConnectError),
     #[error("{0}")]
     Setup(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -590,14 +587,9 @@ pub async fn serve(
     backend: Backend,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let client = async_nats::ConnectOptions::new()
-        .name("switchyard-autoscaler")
-        .connect(&config.nats_url)
+    let client = switchyard_nats::connect(&config.nats_url, "switchyard-autoscaler")
         .await
-        .map_err(|source| Error::Connect {
-            url: config.nats_url.clone(),
-            source,
-        })?;
+        .map_err(Error::Connect)?;
     let js = jetstream::new(client);
     let tick = config.tick();
     let mut reconciler = Reconciler::new(config, js, backend).await?;

@@ -58,7 +58,8 @@ struct Args {
     /// The provider key for a closed model (never printed).
     #[arg(long, env = "BATCH_PROVIDER_KEY", hide_env_values = true)]
     provider_key: Option<String>,
-    /// NATS inbox prefix of the batch user (`_INBOX_<account>`; see nats/README.md).
+    /// NATS inbox prefix: a batch user may only read replies on `_INBOX_<account-token>`
+    /// (see nats/README.md). Default: that prefix when the URL names a user, else NATS's.
     #[arg(long)]
     inbox_prefix: Option<String>,
 }
@@ -106,14 +107,22 @@ fn row_request(args: &Args, row: u64, deadline: chrono::DateTime<Utc>) -> BatchR
 async fn run(args: Args) -> Result<serde_json::Value, String> {
     schemas::batch::check_job(&args.job).map_err(|e| e.to_string())?;
     let account_token = schemas::subjects::model_token(&args.account).map_err(|e| e.to_string())?;
-    let mut options = async_nats::ConnectOptions::new().name("batch-example");
-    if let Some(prefix) = &args.inbox_prefix {
-        options = options.custom_inbox_prefix(prefix.clone());
+    // The user and password in the URL (async-nats itself ignores them there).
+    let mut options = switchyard_nats::connect_options(&args.nats_url)?.name("batch-example");
+    let prefix = args.inbox_prefix.clone().or_else(|| {
+        let user = args.nats_url.split_once("://")?.1.rsplit_once('@')?.0;
+        (!user.starts_with(&format!("{}:", switchyard_nats::INTERNAL_USER)))
+            .then(|| format!("_INBOX_{account_token}"))
+    });
+    if let Some(prefix) = prefix {
+        options = options.custom_inbox_prefix(prefix);
     }
-    let client = options
-        .connect(&args.nats_url)
-        .await
-        .map_err(|e| format!("cannot connect to NATS: {e}"))?;
+    let client = options.connect(&args.nats_url).await.map_err(|e| {
+        format!(
+            "cannot connect to NATS at {}: {e}",
+            switchyard_nats::redact_url(&args.nats_url)
+        )
+    })?;
     let js = async_nats::jetstream::new(client);
 
     // What an earlier run already got back.

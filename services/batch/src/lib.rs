@@ -99,8 +99,8 @@ pub enum Error {
     SealKey(#[from] schemas::SealError),
     #[error("model catalog: {0}")]
     Catalog(String),
-    #[error("cannot connect to NATS: {0}")]
-    Connect(async_nats::ConnectError),
+    #[error("{0}")]
+    Connect(switchyard_nats::ConnectError),
     #[error("accounts database: {0}")]
     Database(#[from] switchyard_store::Error),
     #[error("{0}")]
@@ -133,9 +133,7 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let seal = config.seal.load()?;
     let catalog = Catalog::embedded().map_err(|e| Error::Catalog(e.to_string()))?;
-    let client = async_nats::ConnectOptions::new()
-        .name("switchyard-batch")
-        .connect(&config.nats_url)
+    let client = switchyard_nats::connect(&config.nats_url, "switchyard-batch")
         .await
         .map_err(Error::Connect)?;
     let js = jetstream::new(client.clone());

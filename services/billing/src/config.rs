@@ -47,7 +47,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The database URL may carry a password.
         f.debug_struct("Config")
-            .field("nats_url", &self.nats_url)
+            .field("nats_url", &switchyard_nats::redact_url(&self.nats_url))
             .field("bind", &self.bind)
             .field("prices_file", &self.prices_file)
             .field("batch_size", &self.batch_size)

@@ -54,11 +54,8 @@ const RETRY_DELAY: Duration = Duration::from_secs(2);
 pub enum Error {
     #[error("prices: {0}")]
     Prices(#[from] prices::PricesError),
-    #[error("cannot connect to NATS at {url}: {source}")]
-    Connect {
-        url: String,
-        source: async_nats::ConnectError,
-    },
+    #[error("{0}")]
+    Connect(switchyard_nats::ConnectError),
     #[error("Postgres (DATABASE_URL): {0}")]
     Database(#[from] switchyard_store::Error),
     #[error("the database lacks {0} migration(s): run `switchyard-admin migrate` (`just up` does)")]
@@ -116,14 +113,9 @@ pub async fn serve(
     if !pending.is_empty() {
         return Err(Error::NotMigrated(pending.len()));
     }
-    let client = async_nats::ConnectOptions::new()
-        .name("switchyard-billing")
-        .connect(&config.nats_url)
+    let client = switchyard_nats::connect(&config.nats_url, "switchyard-billing")
         .await
-        .map_err(|source| Error::Connect {
-            url: config.nats_url.clone(),
-            source,
-        })?;
+        .map_err(Error::Connect)?;
     let js = jetstream::new(client.clone());
     let consumer = consumer(&js).await.map_err(Error::Consumer)?;
     let billing = Arc::new(Billing {

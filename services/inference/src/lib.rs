@@ -46,11 +46,8 @@ pub enum Error {
     Runtime(#[from] runtime::RuntimeError),
     #[error("invalid seal key: {0}")]
     Seal(#[from] schemas::SealError),
-    #[error("cannot connect to NATS at {url}: {source}")]
-    Connect {
-        url: String,
-        source: async_nats::ConnectError,
-    },
+    #[error("{0}")]
+    Connect(switchyard_nats::ConnectError),
     #[error("{0}")]
     Consumer(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -190,14 +187,9 @@ pub async fn serve(
         schemas::subjects::model_token(&model.id).map_err(|e| Error::Model(e.to_string()))?;
     let account_token = schemas::subjects::model_token(&config.account)
         .map_err(|e| Error::Model(format!("invalid account '{}': {e}", config.account)))?;
-    let client = async_nats::ConnectOptions::new()
-        .name("switchyard-inference")
-        .connect(&config.nats_url)
+    let client = switchyard_nats::connect(&config.nats_url, "switchyard-inference")
         .await
-        .map_err(|source| Error::Connect {
-            url: config.nats_url.clone(),
-            source,
-        })?;
+        .map_err(Error::Connect)?;
     let js = async_nats::jetstream::new(client.clone());
     let consumer = switchyard_nats::ensure_open_model_consumer(&js, &token, &account_token)
         .await

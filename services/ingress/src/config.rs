@@ -120,7 +120,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("bind", &self.bind)
-            .field("nats_url", &self.nats_url)
+            .field("nats_url", &switchyard_nats::redact_url(&self.nats_url))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("ingress_id", &self.ingress_id)

@@ -51,11 +51,8 @@ pub use config::Config;
 pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(#[from] config::ConfigError),
-    #[error("cannot connect to NATS at {url}: {source}")]
-    Connect {
-        url: String,
-        source: async_nats::ConnectError,
-    },
+    #[error("{0}")]
+    Connect(switchyard_nats::ConnectError),
     #[error("cannot subscribe to replies: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
     #[error("cannot listen on {addr}: {source}")]
@@ -94,14 +91,12 @@ pub async fn serve(
     config.validate()?;
     let seal = config.seal_key()?;
     let ingress_id = config.ingress_id()?;
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("switchyard-ingress-{ingress_id}"))
-        .connect(&config.nats_url)
-        .await
-        .map_err(|source| Error::Connect {
-            url: config.nats_url.clone(),
-            source,
-        })?;
+    let client = switchyard_nats::connect(
+        &config.nats_url,
+        &format!("switchyard-ingress-{ingress_id}"),
+    )
+    .await
+    .map_err(Error::Connect)?;
     // Lazy: the ingress starts while Postgres is down, and answers 503 to keys it
     // cannot check until it is back (the dev key keeps working).
     let db = match &config.auth.database_url {

@@ -33,11 +33,8 @@ pub use config::Config;
 pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(#[from] config::ConfigError),
-    #[error("cannot connect to NATS at {url}: {source}")]
-    Connect {
-        url: String,
-        source: async_nats::ConnectError,
-    },
+    #[error("{0}")]
+    Connect(switchyard_nats::ConnectError),
     #[error("{0}")]
     Consumer(String),
     #[error("cannot build the HTTP client: {0}")]
@@ -71,14 +68,9 @@ pub async fn serve(
 ) -> Result<(), Error> {
     config.validate()?;
     let seal = config.seal_key()?;
-    let client = async_nats::ConnectOptions::new()
-        .name("switchyard-translator")
-        .connect(&config.nats_url)
+    let client = switchyard_nats::connect(&config.nats_url, "switchyard-translator")
         .await
-        .map_err(|source| Error::Connect {
-            url: config.nats_url.clone(),
-            source,
-        })?;
+        .map_err(Error::Connect)?;
     let js = async_nats::jetstream::new(client.clone());
     let consumer = worker::consumer(&js).await.map_err(Error::Consumer)?;
     let batch_consumer = worker::batch_consumer(&js).await.map_err(Error::Consumer)?;

@@ -35,6 +35,10 @@ def sy(tmp_path_factory: pytest.TempPathFactory, canary: str):
         mock_api_key=canary,
         # Debug logs from every crate: more log lines, more chances to catch a leak.
         rust_log="debug",
+        # The store in plaintext: the at-rest test must see what the services themselves
+        # put on disk (sealed bodies), not nats-server's encryption of it (that one is
+        # tested in nats/tests/batch_auth.rs).
+        nats_store_encryption=False,
     )
     with stack.Stack(cfg) as s:
         yield s
