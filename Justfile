@@ -65,9 +65,14 @@ test: tools build
 test-e2e *args: tools models build
     SWITCHYARD_BIN_DIR="{{bin_dir}}" SWITCHYARD_NATS_SERVER="{{nats_server}}" "{{python}}" -m pytest services/ingress/tests/sdk -q {{args}}
 
-# Benchmark: the mock provider directly vs. through Switchyard; appends to loadtest/RESULTS.md.
+# Benchmark: the mock provider directly vs. through Switchyard at rising rates (and the LiteLLM peer when installed); appends to loadtest/RESULTS.md.
 bench *args: tools
     "{{python}}" loadtest/bench.py {{args}}
+
+# The LiteLLM proxy as the reference peer alone: saturation rates, their ratio, added latency (installs .tools/litellm-venv on first use).
+bench-peer *args: tools
+    bash loadtest/litellm/install.sh
+    "{{python}}" loadtest/bench.py --peer-only {{args}}
 
 # Open-model benchmark: inference engines vs. Python onnxruntime (and llama.cpp if LLAMA_BENCH, SMOLLM_GGUF are set).
 bench-inference *args: tools models
@@ -89,7 +94,7 @@ bench-autoscaler *args: tools models
 bench-batch *args: tools models
     "{{python}}" loadtest/bench_batch.py {{args}}
 
-# Every benchmark with its defaults, one after the other (about 25 minutes).
+# Every benchmark with its defaults, one after the other (about 30 minutes; `bench` includes the LiteLLM peer when installed).
 bench-all: bench bench-stream bench-inference bench-billing bench-autoscaler bench-batch
 
 # Formatting and clippy, warnings are errors.
