@@ -205,12 +205,22 @@ async fn a_revoked_key_stops_working_on_every_ingress_at_once() {
     // The revocation is announced (Postgres NOTIFY) and both drop the key from their
     // caches: 401 well within the hour.
     for h in [&a, &b] {
+        // GET /v1/models authenticates like every route and answers at once (a chat
+        // request with a still-valid key would wait for a worker).
         let refused = async {
             loop {
-                let (status, _, _) = h.call_err(&bearer).await;
+                let status = h
+                    .http
+                    .get(format!("{}/v1/models", h.base))
+                    .header("authorization", &bearer)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
                 if status == 401 {
                     break;
                 }
+                assert_eq!(status, 200);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
