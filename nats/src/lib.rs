@@ -188,6 +188,11 @@ const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../streams/RESULTS.json"),
     ),
     ("streams/USAGE.json", include_str!("../streams/USAGE.json")),
+    // After USAGE: an existing USAGE must give up usage.tokens.> before this takes it.
+    (
+        "streams/USAGE_TOKENS.json",
+        include_str!("../streams/USAGE_TOKENS.json"),
+    ),
     (
         "streams/DEADLETTER.json",
         include_str!("../streams/DEADLETTER.json"),
@@ -207,6 +212,10 @@ const EMBEDDED: &[(&str, &str)] = &[
     (
         "consumers/USAGE/billing.json",
         include_str!("../consumers/USAGE/billing.json"),
+    ),
+    (
+        "consumers/USAGE_TOKENS/billing-tokens.json",
+        include_str!("../consumers/USAGE_TOKENS/billing-tokens.json"),
     ),
     ("kv/clusters.json", include_str!("../kv/clusters.json")),
     ("kv/instances.json", include_str!("../kv/instances.json")),
@@ -556,7 +565,8 @@ mod tests {
                 "DEADLETTER",
                 "REQUESTS",
                 "RESULTS",
-                "USAGE"
+                "USAGE",
+                "USAGE_TOKENS"
             ]
         );
     }
@@ -588,9 +598,16 @@ mod tests {
         assert_eq!(billing.stream, "USAGE");
         assert_eq!(
             billing.config.filter_subjects,
-            ["usage.instance.>", "usage.lifecycle.>", "usage.tokens.>"]
+            ["usage.instance.>", "usage.lifecycle.>"]
         );
         assert_eq!(billing.config.max_deliver, -1);
+        let tokens = defs
+            .consumers
+            .iter()
+            .find(|c| c.config.durable_name.as_deref() == Some("billing-tokens"))
+            .unwrap();
+        assert_eq!(tokens.stream, "USAGE_TOKENS");
+        assert_eq!(tokens.config.filter_subject, "usage.tokens.>");
         let instances = defs.kv.iter().find(|k| k.bucket == "instances").unwrap();
         assert_eq!(instances.max_age_secs, 30);
         let r3 = defs.with_replicas(3);

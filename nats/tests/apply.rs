@@ -22,7 +22,7 @@ async fn apply_is_idempotent_and_creates_everything() {
     let first = apply(&js, &defs).await.unwrap();
     let second = apply(&js, &defs).await.unwrap();
     assert_eq!(first, second);
-    assert_eq!(first.streams.len(), 6);
+    assert_eq!(first.streams.len(), 7);
 
     let mut requests = js.get_stream("REQUESTS").await.unwrap();
     let info = requests.info().await.unwrap();
@@ -85,10 +85,58 @@ async fn requests_are_persisted_asynchronously_and_an_older_stream_is_recreated(
         requests.info().await.unwrap().config.persist_mode,
         Some(jetstream::stream::PersistenceMode::Async)
     );
-    // Money is never acked before it is on disk.
+    // Money is never acked before it is on disk; token counts are not worth an fsync.
     let mut usage = js.get_stream("USAGE").await.unwrap();
     assert_ne!(
         usage.info().await.unwrap().config.persist_mode,
         Some(jetstream::stream::PersistenceMode::Async)
     );
+    let mut tokens = js.get_stream("USAGE_TOKENS").await.unwrap();
+    assert_eq!(
+        tokens.info().await.unwrap().config.persist_mode,
+        Some(jetstream::stream::PersistenceMode::Async)
+    );
+}
+
+#[tokio::test]
+async fn a_usage_stream_that_held_the_tokens_hands_them_to_usage_tokens() {
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    let defs = Definitions::embedded().unwrap();
+    // USAGE and its billing consumer as an older build made them: every usage.> subject.
+    let mut old = defs
+        .streams
+        .iter()
+        .find(|s| s.name == "USAGE")
+        .unwrap()
+        .clone();
+    old.subjects = vec!["usage.>".into()];
+    let stream = js.create_stream(old).await.unwrap();
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("billing".into()),
+            filter_subjects: vec![
+                "usage.instance.>".into(),
+                "usage.lifecycle.>".into(),
+                "usage.tokens.>".into(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    apply(&js, &defs).await.unwrap();
+    let ack = js
+        .publish("usage.tokens.acme", "t".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(ack.stream, "USAGE_TOKENS");
+    let ack = js
+        .publish("usage.instance.acme", "i".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(ack.stream, "USAGE");
 }

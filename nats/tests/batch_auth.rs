@@ -269,6 +269,7 @@ async fn acme_cannot_publish_anywhere_else() {
         "REQUESTS",
         "RESULTS",
         "USAGE",
+        "USAGE_TOKENS",
         "DEADLETTER",
     ];
     for stream in streams {

@@ -9,7 +9,7 @@
 //! | `reply.<ingress>.<request>` | [`crate::ReplyChunk`]s, core NATS |
 //! | `cancel.<request>` | cancellation of a running request, core NATS |
 //! | `res.<account-token>.<job>.<request>` | [`crate::BatchResult`]s (stream RESULTS). The account token leads so NATS permissions can give each batch account its own results only |
-//! | `usage.<kind>.<account-token>` | [`crate::UsageEvent`]s: `instance`, `lifecycle`, `tokens` (stream USAGE) |
+//! | `usage.<kind>.<account-token>` | [`crate::UsageEvent`]s: `instance`, `lifecycle` and `alert` (stream USAGE), `tokens` (stream USAGE_TOKENS) |
 //! | `dlq.<stream>.<consumer>` | dead letters with the reason in a header (stream DEADLETTER) |
 
 use uuid::Uuid;
@@ -20,6 +20,9 @@ pub const BATCH_STREAM: &str = "BATCH";
 pub const BATCHWORK_STREAM: &str = "BATCHWORK";
 pub const RESULTS_STREAM: &str = "RESULTS";
 pub const USAGE_STREAM: &str = "USAGE";
+/// Token usage events (`usage.tokens.>`), apart from USAGE's money: persisted without an
+/// fsync per event.
+pub const USAGE_TOKENS_STREAM: &str = "USAGE_TOKENS";
 pub const DEAD_LETTER_STREAM: &str = "DEADLETTER";
 /// KV bucket of cluster specs and statuses (see [`crate::cluster`]).
 pub const CLUSTERS_BUCKET: &str = "clusters";

@@ -135,7 +135,7 @@ def test_the_batch_user_may_do_nothing_else(sy, user_url):
         nc = await nats.connect(sy.nats_url)
         js = nc.jetstream()
         n = 0
-        for stream, subject in zip(("BATCH", "REQUESTS", "BATCHWORK", "USAGE"), REFUSED):
+        for stream, subject in zip(("BATCH", "REQUESTS", "BATCHWORK", "USAGE_TOKENS"), REFUSED):
             info = await js.stream_info(stream, subjects_filter=subject)
             n += sum((info.state.subjects or {}).values())
         await nc.close()

@@ -45,6 +45,8 @@ pub use config::Config;
 
 /// The durable consumer billing pulls from (`nats/consumers/USAGE/billing.json`).
 pub const CONSUMER: &str = "billing";
+/// Its durable consumer of token usage (stream USAGE_TOKENS).
+pub const TOKENS_CONSUMER: &str = "billing-tokens";
 
 /// How long a batch that Postgres refused waits before it is delivered again.
 const RETRY_DELAY: Duration = Duration::from_secs(2);
@@ -118,6 +120,7 @@ pub async fn serve(
         .map_err(Error::Connect)?;
     let js = jetstream::new(client.clone());
     let consumer = consumer(&js).await.map_err(Error::Consumer)?;
+    let tokens_consumer = tokens_consumer(&js).await.map_err(Error::Consumer)?;
     let billing = Arc::new(Billing {
         client,
         js,
@@ -148,15 +151,36 @@ pub async fn serve(
         "billing consuming"
     );
     billing.consuming.store(true, Ordering::Relaxed);
-    let result = billing
-        .consume(consumer, config.batch_size as usize, &shutdown)
-        .await;
+    // Money (USAGE) and token counts (USAGE_TOKENS) in two loops, each acking after
+    // its own commits; they write different tables, and only money raises alerts.
+    let batch = config.batch_size as usize;
+    let result = tokio::try_join!(
+        billing.consume(consumer, batch, &shutdown, true),
+        billing.consume(tokens_consumer, batch, &shutdown, false),
+    )
+    .map(|_| ());
     billing.consuming.store(false, Ordering::Relaxed);
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;
     tracing::info!("billing stopped");
     result.map_err(Error::Consume)
+}
+
+/// The durable consumer `billing-tokens` of token usage (stream USAGE_TOKENS), which
+/// `switchyard-nats apply` creates.
+pub async fn tokens_consumer(js: &jetstream::Context) -> Result<PullConsumer, String> {
+    let stream = js
+        .get_stream(schemas::subjects::USAGE_TOKENS_STREAM)
+        .await
+        .map_err(|e| {
+            format!("stream USAGE_TOKENS not found ({e}); run `switchyard-nats apply` first")
+        })?;
+    stream.get_consumer(TOKENS_CONSUMER).await.map_err(|e| {
+        format!(
+            "consumer USAGE_TOKENS/{TOKENS_CONSUMER} not found ({e}); run `switchyard-nats apply` first"
+        )
+    })
 }
 
 /// The durable consumer `billing`, which `switchyard-nats apply` creates.
@@ -171,12 +195,14 @@ pub async fn consumer(js: &jetstream::Context) -> Result<PullConsumer, String> {
 }
 
 impl Billing {
-    /// Pulls batches until `shutdown`.
+    /// Pulls batches until `shutdown`; `alerts`: this loop records spend, so it also
+    /// publishes the spend alerts its commits raise.
     async fn consume(
         &self,
         consumer: PullConsumer,
         batch_size: usize,
         shutdown: &CancellationToken,
+        alerts: bool,
     ) -> Result<(), async_nats::Error> {
         // Pull requests ask for at least 128 messages: async-nats' pull stream with
         // a batch of 1 waits tens of ms between pulls (15 events/s in the benchmark).
@@ -188,7 +214,7 @@ impl Billing {
             .messages()
             .await?;
         // Alerts raised before a crash may not have gone out yet.
-        let mut alerts_pending = true;
+        let mut alerts_pending = alerts;
         loop {
             if alerts_pending {
                 alerts_pending = self.publish_alerts().await;
@@ -221,7 +247,7 @@ impl Billing {
                 }
             }
             match self.process(batch).await {
-                Some(raised) => alerts_pending |= raised > 0,
+                Some(raised) => alerts_pending |= alerts && raised > 0,
                 None => self.pause(RETRY_DELAY, shutdown).await,
             }
         }
@@ -307,17 +333,25 @@ impl Billing {
         }
     }
 
-    /// Copies `message` to `dlq.USAGE.billing` with the reason and terminates it; when
+    /// Copies `message` to `dlq.<stream>.<consumer>` with the reason and terminates it; when
     /// the copy cannot be stored, naks it so it comes back.
     async fn dead_letter(&self, message: &jetstream::Message, poison: &event::Poison) {
         let reason = poison.reason.as_str();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(schemas::headers::DEAD_LETTER_REASON, reason);
+        // USAGE/billing or USAGE_TOKENS/billing-tokens: where the message came from.
+        let (stream, consumer) = match message.info() {
+            Ok(info) => (info.stream.to_string(), info.consumer.to_string()),
+            Err(_) => (
+                schemas::subjects::USAGE_STREAM.to_string(),
+                CONSUMER.to_string(),
+            ),
+        };
         headers.insert(
             schemas::headers::DEAD_LETTER_SOURCE,
-            format!("{}/{CONSUMER}", schemas::subjects::USAGE_STREAM).as_str(),
+            format!("{stream}/{consumer}").as_str(),
         );
-        let subject = schemas::subjects::dead_letter(schemas::subjects::USAGE_STREAM, CONSUMER);
+        let subject = schemas::subjects::dead_letter(&stream, &consumer);
         let stored = match self
             .js
             .publish_with_headers(subject, headers, message.payload.clone())

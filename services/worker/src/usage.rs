@@ -1,5 +1,5 @@
 //! Token usage events: every answered request reports its tokens to billing
-//! (`usage.tokens.<account-token>`, stream USAGE), recorded for the account and charged
+//! (`usage.tokens.<account-token>`, stream USAGE_TOKENS), recorded for the account and charged
 //! for no closed model.
 //!
 //! The event id is `tokens:<request id>` (also the `Nats-Msg-Id`), so a request
@@ -44,7 +44,8 @@ pub fn tokens_event(
 }
 
 /// Publishes `event` with JetStream, `Nats-Msg-Id` = its event id, and waits for the
-/// PubAck (USAGE fsyncs before it answers).
+/// PubAck (USAGE fsyncs before it answers; USAGE_TOKENS, persisted asynchronously,
+/// does not).
 pub async fn publish(js: &jetstream::Context, event: &UsageEvent) -> Result<(), PublishError> {
     let subject = event.subject().map_err(|e| PublishError(e.to_string()))?;
     let payload = schemas::encode(event).map_err(|e| PublishError(e.to_string()))?;

@@ -1,4 +1,4 @@
-//! Each answered request reports its tokens to USAGE once, before its message is acked.
+//! Each answered request reports its tokens to USAGE_TOKENS once, before its message is acked.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -51,7 +51,7 @@ async fn an_answered_request_reports_its_tokens_once_then_acks() {
         .get_consumer::<async_nats::jetstream::consumer::pull::Config>("translator")
         .await
         .unwrap();
-    let usage_stream = js.get_stream("USAGE").await.unwrap();
+    let usage_stream = js.get_stream("USAGE_TOKENS").await.unwrap();
 
     let answered = envelope("acme");
     let failed = envelope("acme");

@@ -129,20 +129,26 @@ impl Harness {
     /// Waits until the billing consumer has nothing pending and nothing unacked: every
     /// message published so far was committed and acked (or dead-lettered).
     pub async fn drained(&self) {
-        let mut consumer = switchyard_billing::consumer(&self.js).await.unwrap();
+        // Both loops: money (USAGE) and token counts (USAGE_TOKENS).
+        let consumers = [
+            switchyard_billing::consumer(&self.js).await.unwrap(),
+            switchyard_billing::tokens_consumer(&self.js).await.unwrap(),
+        ];
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let info = consumer.info().await.unwrap();
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
-                return;
+        for mut consumer in consumers {
+            loop {
+                let info = consumer.info().await.unwrap();
+                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "billing did not drain: {} pending, {} unacked",
+                    info.num_pending,
+                    info.num_ack_pending
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(
-                Instant::now() < deadline,
-                "billing did not drain: {} pending, {} unacked",
-                info.num_pending,
-                info.num_ack_pending
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
