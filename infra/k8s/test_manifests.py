@@ -66,7 +66,8 @@ def test_inference_workers_request_a_gpu_and_set_only_documented_variables():
 
 
 def test_service_deployments_set_only_documented_variables():
-    binaries = {"ingress": "switchyard-ingress", "translator": "switchyard-translator", "autoscaler": "switchyard-autoscaler"}
+    binaries = {"ingress": "switchyard-ingress", "translator": "switchyard-translator",
+                "autoscaler": "switchyard-autoscaler", "batch": "switchyard-batch"}
     for d in docs():
         if d["kind"] != "Deployment":
             continue
@@ -76,3 +77,15 @@ def test_service_deployments_set_only_documented_variables():
         names = {e["name"] for e in container.get("env", [])}
         documented = help_env(binary)
         assert names <= documented, f"{binary}: {names - documented}"
+
+
+def test_the_nats_url_comes_from_a_secret_everywhere():
+    # It carries the internal user's password: never a ConfigMap or a plain value.
+    containers = [d["spec"]["template"]["spec"]["containers"][0] for d in docs() if d["kind"] == "Deployment"]
+    containers.append(template(name="n", namespace="switchyard", model="m", account="a", image="i",
+                               instance_type="cpu")["spec"]["template"]["spec"]["containers"][0])
+    assert {c["name"] for c in containers} >= {"ingress", "translator", "autoscaler", "batch", "inference"}
+    for c in containers:
+        (nats,) = [e for e in c["env"] if e["name"] == "NATS_URL"]
+        assert nats["valueFrom"] == {"secretKeyRef": {"name": "switchyard-nats", "key": "url"}}, c["name"]
+    assert not [d for d in docs() if d["kind"] == "ConfigMap"]
