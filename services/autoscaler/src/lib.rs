@@ -576,7 +576,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             addr: config.bind,
             source,
         })?;
-    let backend = backend(&config)?;
+    let mut backend = backend(&config)?;
+    if let Backend::Kubernetes(k8s) = &mut backend {
+        // What an earlier autoscaler started is this one's to scale (or stop).
+        let adopted = k8s.adopt().await.map_err(Error::Setup)?;
+        tracing::info!(adopted, "inference Deployments taken over");
+    }
     serve(listener, config, backend, shutdown).await
 }
 

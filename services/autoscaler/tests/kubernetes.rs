@@ -136,3 +136,50 @@ async fn scaling_creates_the_deployment_once_then_patches_its_replicas() {
     };
     assert_ne!(deployment_name(&other), deployment_name(&pool));
 }
+
+#[tokio::test]
+async fn a_restarted_autoscaler_adopts_the_deployments_it_made() {
+    async fn list(headers: HeaderMap, uri: axum::http::Uri) -> axum::Json<serde_json::Value> {
+        assert_eq!(headers["authorization"], "Bearer sa-token");
+        assert_eq!(
+            uri.query(),
+            Some(
+                "labelSelector=app.kubernetes.io%2Fpart-of%3Dswitchyard%2Capp.kubernetes.io%2Fcomponent%3Dinference"
+            )
+        );
+        axum::Json(serde_json::json!({"kind": "DeploymentList", "items": [
+            {"metadata": {"name": "sy-a", "annotations": {
+                "switchyard.dev/model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "switchyard.dev/account": "acme"}}, "spec": {"replicas": 3}},
+            {"metadata": {"name": "sy-b", "annotations": {
+                "switchyard.dev/model": "sentence-transformers/all-MiniLM-L6-v2",
+                "switchyard.dev/account": "globex"}}, "spec": {"replicas": 0}},
+            // Not one of ours (no annotations): left alone.
+            {"metadata": {"name": "other"}, "spec": {"replicas": 5}}
+        ]}))
+    }
+    let app = axum::Router::new().route(
+        "/apis/apps/v1/namespaces/switchyard/deployments",
+        axum::routing::get(list),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut backend = KubernetesBackend::new(
+        format!("http://{addr}"),
+        Some("sa-token".into()),
+        None,
+        "switchyard".into(),
+        "img".into(),
+    )
+    .unwrap();
+    assert_eq!(backend.adopt().await.unwrap(), 2);
+    let acme = Pool::Cluster {
+        account: "acme".into(),
+        model: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+    };
+    assert_eq!(backend.count(&acme), 3);
+    // Pools with replicas are what the reconciler looks at even without a spec, so a
+    // deleted cluster's Deployment gets scaled to zero.
+    assert_eq!(backend.pools(), vec![acme]);
+}

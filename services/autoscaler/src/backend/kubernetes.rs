@@ -3,9 +3,13 @@
 //! Scaling PATCHes the Deployment's `scale` subresource (`spec.replicas`); a pool seen
 //! for the first time gets its Deployment from `infra/k8s/inference-deployment.json`
 //! (GPU workers request `nvidia.com/gpu` there). Kubernetes itself restarts crashed
-//! pods. Not yet: billing the tail of a pod that died without reporting it (the process
+//! pods. At start, [`KubernetesBackend::adopt`] reads back the replicas of the
+//! Deployments an earlier autoscaler made (their annotations name the pool), so a
+//! restart neither forgets running instances nor leaves a deleted cluster's Deployment
+//! up. Not yet: billing the tail of a pod that died without reporting it (the process
 //! backend does, from the instance's heartbeat), and reading `status.readyReplicas`
-//! back (the count is the replicas last set).
+//! back (the count is the replicas last set; readiness comes from the instances'
+//! heartbeats in KV, as with processes).
 //!
 //! In a pod, the API address, token and CA come from the service account
 //! (`KUBERNETES_SERVICE_HOST`, `/var/run/secrets/kubernetes.io/serviceaccount/`).
@@ -114,6 +118,50 @@ impl KubernetesBackend {
 
     pub fn count(&self, pool: &Pool) -> u32 {
         self.replicas.get(pool).copied().unwrap_or(0)
+    }
+
+    /// Takes over the inference Deployments already in the namespace (labels
+    /// `app.kubernetes.io/part-of=switchyard`, `app.kubernetes.io/component=inference`;
+    /// annotations `switchyard.dev/model` and `switchyard.dev/account`) with their
+    /// `spec.replicas`. Returns how many it adopted.
+    pub async fn adopt(&mut self) -> Result<usize, String> {
+        let path = format!(
+            "/apis/apps/v1/namespaces/{}/deployments?labelSelector=app.kubernetes.io%2Fpart-of%3Dswitchyard%2Capp.kubernetes.io%2Fcomponent%3Dinference",
+            self.namespace
+        );
+        let res = self
+            .request(reqwest::Method::GET, &path)
+            .send()
+            .await
+            .map_err(|e| format!("Kubernetes API: {e}"))?;
+        let status = res.status().as_u16();
+        if status != 200 {
+            let text = res.text().await.unwrap_or_default();
+            return Err(format!("listing Deployments: HTTP {status}: {text}"));
+        }
+        let list: serde_json::Value = res
+            .json()
+            .await
+            .map_err(|e| format!("listing Deployments: {e}"))?;
+        let mut adopted = 0;
+        for item in list["items"].as_array().into_iter().flatten() {
+            let annotations = &item["metadata"]["annotations"];
+            let (Some(model), Some(account)) = (
+                annotations["switchyard.dev/model"].as_str(),
+                annotations["switchyard.dev/account"].as_str(),
+            ) else {
+                continue;
+            };
+            let pool = Pool::Cluster {
+                account: account.to_string(),
+                model: model.to_string(),
+            };
+            let replicas = item["spec"]["replicas"].as_u64().unwrap_or(0);
+            self.replicas
+                .insert(pool, u32::try_from(replicas).unwrap_or(u32::MAX));
+            adopted += 1;
+        }
+        Ok(adopted)
     }
 
     pub fn pools(&self) -> Vec<Pool> {
