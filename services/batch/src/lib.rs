@@ -554,6 +554,7 @@ impl Router {
                 source_detail: Some(&message.subject),
                 request_id: None,
                 payload: Default::default(),
+                retry_in: Duration::from_secs(5),
             },
         )
         .await;

@@ -337,8 +337,6 @@ impl Billing {
     /// the copy cannot be stored, naks it so it comes back.
     async fn dead_letter(&self, message: &jetstream::Message, poison: &event::Poison) {
         let reason = poison.reason.as_str();
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(schemas::headers::DEAD_LETTER_REASON, reason);
         // USAGE/billing or USAGE_TOKENS/billing-tokens: where the message came from.
         let (stream, consumer) = match message.info() {
             Ok(info) => (info.stream.to_string(), info.consumer.to_string()),
@@ -347,21 +345,21 @@ impl Billing {
                 CONSUMER.to_string(),
             ),
         };
-        headers.insert(
-            schemas::headers::DEAD_LETTER_SOURCE,
-            format!("{stream}/{consumer}").as_str(),
-        );
-        let subject = schemas::subjects::dead_letter(&stream, &consumer);
-        let stored = match self
-            .js
-            .publish_with_headers(subject, headers, message.payload.clone())
-            .await
-        {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
-        };
+        let stored = switchyard_nats::dead_letter(
+            &self.js,
+            message,
+            switchyard_nats::DeadLetter {
+                reason,
+                stream: &stream,
+                consumer: &consumer,
+                source_detail: None,
+                request_id: None,
+                payload: message.payload.clone(),
+                retry_in: RETRY_DELAY,
+            },
+        )
+        .await;
         if stored {
-            let _ = message.ack_with(AckKind::Term).await;
             self.metrics
                 .dead_letters
                 .get_or_create(&metrics::ReasonLabels {
@@ -370,15 +368,8 @@ impl Billing {
                 .inc();
             self.metrics.event(poison.kind, "dead_lettered");
             tracing::warn!(
-                reason,
                 event_id = poison.event_id.as_deref().unwrap_or_default(),
                 "usage event dead-lettered"
-            );
-        } else {
-            let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-            tracing::error!(
-                reason,
-                "cannot dead-letter a usage event; it will be redelivered"
             );
         }
     }

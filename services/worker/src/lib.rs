@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 
 pub use cancels::{Cancels, Watch};
 pub use sink::{ChunkSink, ResultMeta, SendError, publish_result};
+pub use switchyard_nats::{DeadLetter, dead_letter};
 
 /// Attempts a batch request gets: a request whose worker stopped (crashed, killed)
 /// this many times while running it is answered with an error result instead of
@@ -506,67 +507,11 @@ impl Intake {
                 source_detail: None,
                 request_id: request_id.as_deref(),
                 payload: message.payload.clone(),
+                retry_in: Duration::from_secs(5),
             },
         )
         .await;
     }
-}
-
-/// What a dead-letter entry says.
-#[derive(Debug)]
-pub struct DeadLetter<'a> {
-    /// Why (the `Switchyard-Reason` header).
-    pub reason: &'a str,
-    /// The stream and consumer the message came from (the entry's subject is
-    /// `dlq.<stream>.<consumer>`).
-    pub stream: &'a str,
-    pub consumer: &'a str,
-    /// Appended to the `Switchyard-Source` header (e.g. the original subject).
-    pub source_detail: Option<&'a str>,
-    pub request_id: Option<&'a str>,
-    /// What is kept of the message: as published when it is sealed, else nothing.
-    pub payload: bytes::Bytes,
-}
-
-/// Stores `entry` on `dlq.<stream>.<consumer>` (stream DEADLETTER) and terminates
-/// `message`; when the entry cannot be stored, naks the message so it comes back and
-/// is dead-lettered once JetStream is. Returns whether it was stored.
-pub async fn dead_letter(
-    js: &jetstream::Context,
-    message: &jetstream::Message,
-    entry: DeadLetter<'_>,
-) -> bool {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(schemas::headers::DEAD_LETTER_REASON, entry.reason);
-    let source = match entry.source_detail {
-        Some(detail) => format!("{}/{} {detail}", entry.stream, entry.consumer),
-        None => format!("{}/{}", entry.stream, entry.consumer),
-    };
-    headers.insert(schemas::headers::DEAD_LETTER_SOURCE, source.as_str());
-    if let Some(id) = entry.request_id {
-        headers.insert(schemas::headers::REQUEST_ID, id);
-    }
-    let subject = schemas::subjects::dead_letter(entry.stream, entry.consumer);
-    let stored = match js
-        .publish_with_headers(subject, headers, entry.payload)
-        .await
-    {
-        Ok(ack) => ack.await.is_ok(),
-        Err(_) => false,
-    };
-    if stored {
-        let _ = message.ack_with(AckKind::Term).await;
-        tracing::warn!(reason = entry.reason, "message dead-lettered");
-    } else {
-        let _ = message
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-            .await;
-        tracing::error!(
-            reason = entry.reason,
-            "cannot dead-letter a message; it will be redelivered"
-        );
-    }
-    stored
 }
 
 /// Creates `account`'s cluster of the open model `model` with the defaults, unless
