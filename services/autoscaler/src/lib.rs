@@ -79,11 +79,8 @@ pub enum Error {
     Connect(switchyard_nats::ConnectError),
     #[error("{0}")]
     Setup(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] switchyard_telemetry::BindError),
 }
 
 /// What the reconciler remembers about a pool between ticks.
@@ -570,12 +567,7 @@ pub fn backend(config: &Config) -> Result<Backend, Error> {
 /// Connects, serves `/healthz` and `/metrics`, and reconciles every `tick` until
 /// `shutdown`; then stops the instances it started (process backend).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.bind,
-            source,
-        })?;
+    let listener = switchyard_telemetry::bind(config.bind).await?;
     let mut backend = backend(&config)?;
     if let Backend::Kubernetes(k8s) = &mut backend {
         // What an earlier autoscaler started is this one's to scale (or stop).

@@ -105,23 +105,15 @@ pub enum Error {
     Database(#[from] switchyard_store::Error),
     #[error("{0}")]
     Consumer(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] switchyard_telemetry::BindError),
     #[error("consuming failed: {0}")]
     Consume(async_nats::Error),
 }
 
 /// Binds `config.bind` and routes until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.bind,
-            source,
-        })?;
+    let listener = switchyard_telemetry::bind(config.bind).await?;
     serve(listener, config, shutdown).await
 }
 

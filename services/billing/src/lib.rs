@@ -64,11 +64,8 @@ pub enum Error {
     NotMigrated(usize),
     #[error("{0}")]
     Consumer(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] switchyard_telemetry::BindError),
     #[error("consuming failed: {0}")]
     Consume(async_nats::Error),
 }
@@ -89,12 +86,7 @@ struct Billing {
 /// Connects, serves `/healthz` and `/metrics` on `config.bind`, and consumes until
 /// `shutdown`; the batch in hand is finished (committed and acked) before it returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.bind,
-            source,
-        })?;
+    let listener = switchyard_telemetry::bind(config.bind).await?;
     serve(listener, config, shutdown).await
 }
 

@@ -50,11 +50,8 @@ pub enum Error {
     Connect(switchyard_nats::ConnectError),
     #[error("{0}")]
     Consumer(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] switchyard_telemetry::BindError),
     #[error("consuming failed: {0}")]
     Consume(async_nats::Error),
 }
@@ -159,12 +156,7 @@ pub fn load_model(config: &Config, metrics: &metrics::Metrics) -> Result<LoadedM
 /// Loads the model, connects, serves `/healthz` and `/metrics` on `config.bind`, and
 /// consumes until `shutdown`; then drains and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.bind,
-            source,
-        })?;
+    let listener = switchyard_telemetry::bind(config.bind).await?;
     serve(listener, config, shutdown).await
 }
 

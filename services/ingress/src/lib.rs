@@ -55,11 +55,8 @@ pub enum Error {
     Connect(switchyard_nats::ConnectError),
     #[error("cannot subscribe to replies: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] switchyard_telemetry::BindError),
     #[error("the model catalog is broken: {0}")]
     Catalog(#[from] schemas::catalog::CatalogError),
     #[error("server error: {0}")]
@@ -73,12 +70,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `config.bind` and serves until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.bind,
-            source,
-        })?;
+    let listener = switchyard_telemetry::bind(config.bind).await?;
     serve(listener, config, shutdown).await
 }
 

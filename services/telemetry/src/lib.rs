@@ -150,3 +150,18 @@ pub fn service_exit<E: std::fmt::Display>(service: &str, result: Result<(), E>) 
         }
     }
 }
+
+/// The health and metrics address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: std::net::SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Binds a service's health and metrics listener (every service's `run`).
+pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
+}

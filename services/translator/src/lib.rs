@@ -39,11 +39,8 @@ pub enum Error {
     Consumer(String),
     #[error("cannot build the HTTP client: {0}")]
     Http(reqwest::Error),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] switchyard_telemetry::BindError),
     #[error("consuming failed: {0}")]
     Consume(async_nats::Error),
 }
@@ -51,12 +48,7 @@ pub enum Error {
 /// Connects, serves `/healthz` and `/metrics` on `config.bind`, and consumes until
 /// `shutdown`; then stops pulling, lets requests in progress finish, and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.bind,
-            source,
-        })?;
+    let listener = switchyard_telemetry::bind(config.bind).await?;
     serve(listener, config, shutdown).await
 }
 
