@@ -69,7 +69,7 @@ pub async fn handle(worker: Arc<Worker>, message: jetstream::Message) {
             )))
         } else {
             let cancel = worker.cancels.watch(envelope.request_id);
-            let work = run(&worker, &sealed, &mut sink);
+            let work = run(&worker, &sealed, envelope.request_id, &mut sink);
             match switchyard_worker::supervise(&message, &cancel.token, envelope.deadline, work)
                 .await
             {
@@ -150,10 +150,13 @@ fn sent(e: switchyard_worker::SendError) -> ErrorBody {
 async fn run(
     worker: &Worker,
     sealed: &schemas::SealedRequest,
+    request_id: uuid::Uuid,
     sink: &mut ChunkSink,
 ) -> Result<(), ErrorBody> {
     match (&sealed.task, &worker.engine) {
-        (None, Engine::Decoder(decoder)) => chat(worker, decoder, &sealed.request, sink).await,
+        (None, Engine::Decoder(decoder)) => {
+            chat(worker, decoder, &sealed.request, request_id, sink).await
+        }
         (Some(TaskInput::FeatureExtraction { inputs }), Engine::Encoder(encoder)) => {
             if inputs.is_empty() {
                 return Err(with_param(invalid("no inputs to embed"), "input"));
@@ -220,6 +223,13 @@ async fn run(
     }
 }
 
+/// A sampling seed from a request id: its two halves folded (a v7 id's first half is
+/// mostly its timestamp, the second mostly random).
+fn seed_of(request_id: uuid::Uuid) -> u64 {
+    let (high, low) = request_id.as_u64_pair();
+    high ^ low
+}
+
 fn model_error(e: String) -> ErrorBody {
     tracing::warn!(error = %e, "model error");
     ErrorBody::new(ErrorKind::Internal, format!("the model failed: {e}"))
@@ -229,6 +239,7 @@ async fn chat(
     worker: &Worker,
     decoder: &Decoder,
     request: &schemas::ChatRequest,
+    request_id: uuid::Uuid,
     sink: &mut ChunkSink,
 ) -> Result<(), ErrorBody> {
     if !request.tools.is_empty() {
@@ -286,7 +297,10 @@ async fn chat(
         temperature: p.temperature.or(d.temperature).unwrap_or(1.0) as f32,
         top_p: p.top_p.or(d.top_p).unwrap_or(1.0) as f32,
         top_k: p.top_k.or(d.top_k).unwrap_or(0) as usize,
-        seed: p.seed.map(|s| s as u64),
+        // Without a caller's seed, one from the request id: a redelivered request (its
+        // first worker died) gets the same answer again, so a streaming caller's
+        // answer continues where it was (the ingress checks the repeated part).
+        seed: Some(p.seed.map_or_else(|| seed_of(request_id), |s| s as u64)),
     };
     let dropped: Vec<String> = [
         ("presence_penalty", p.presence_penalty.is_some()),
@@ -342,4 +356,19 @@ async fn chat(
         }
     }
     Err(model_error("the generation stopped unexpectedly".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seed_of;
+
+    #[test]
+    fn a_request_id_gives_one_seed_and_ids_of_the_same_millisecond_differ() {
+        let a = uuid::Uuid::now_v7();
+        let b = uuid::Uuid::now_v7();
+        assert_eq!(seed_of(a), seed_of(a));
+        assert_ne!(seed_of(a), seed_of(b));
+        let (high, low) = a.as_u64_pair();
+        assert_eq!(seed_of(a), high ^ low);
+    }
 }

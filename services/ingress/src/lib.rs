@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod models;
 pub mod openai;
 pub mod replies;
+mod resume;
 pub mod routes;
 pub mod unified;
 

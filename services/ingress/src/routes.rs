@@ -858,10 +858,10 @@ fn stream_events(
     state.tracker.spawn(
         async move {
             let mut chunk = first;
-            let mut expected = 0u32;
+            let mut order = crate::resume::StreamOrder::default();
             let mut usage = None;
             let finished = loop {
-                if let Err(e) = in_order(&chunk, expected) {
+                if let Err(e) = order.admit(&mut chunk) {
                     break Err(e);
                 }
                 if let Some(error) = chunk.error.take() {
@@ -889,7 +889,6 @@ fn stream_events(
                 if chunk.last {
                     break Ok(true);
                 }
-                expected += 1;
                 chunk = match next_chunk(&mut registration, deadline).await {
                     Ok(c) => c,
                     Err(e) => break Err(e),

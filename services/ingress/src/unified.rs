@@ -816,11 +816,11 @@ fn stream_events(
         async move {
             let provider = first.provider.clone();
             let mut chunk = first;
-            let mut expected = 0u32;
+            let mut order = crate::resume::StreamOrder::default();
             let mut usage = None;
             let mut finish = None;
             let finished = loop {
-                if let Err(e) = routes::in_order(&chunk, expected) {
+                if let Err(e) = order.admit(&mut chunk) {
                     break Err(e);
                 }
                 if let Some(error) = chunk.error.take() {
@@ -842,7 +842,6 @@ fn stream_events(
                 if chunk.last {
                     break Ok(true);
                 }
-                expected += 1;
                 chunk = match routes::next_chunk(&mut registration, deadline).await {
                     Ok(c) => c,
                     Err(e) => break Err(e),

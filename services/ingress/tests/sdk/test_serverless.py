@@ -5,6 +5,8 @@ autoscaler starts an instance, and the cluster scales back to zero when idle."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import urllib.request
 
@@ -104,3 +106,56 @@ def test_a_cold_start_longer_than_the_caller_waits_is_a_503_then_a_retry_succeed
     client = client.with_options(max_retries=5)
     res = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert res.choices[0].message.content is not None
+
+
+def instance_pids(model: str) -> list[int]:
+    """The inference processes serving `model` (the autoscaler passes it as INFERENCE_MODEL)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if f"INFERENCE_MODEL={model}".encode() in env:
+            pids.append(int(entry))
+    return pids
+
+
+def test_a_streaming_answer_continues_when_its_instance_is_killed_mid_stream(sy):
+    model = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    status, _ = api(sy, "PUT", f"/v1/clusters/{model}", {"capacity": {"min": 1, "max": 1}, "timeout": 10})
+    assert status in (200, 201)
+    wait_for("a ready instance", lambda: api(sy, "GET", f"/v1/clusters/{model}")[1].get("ready_instances", 0) >= 1)
+    client = make_client(sy, provider_key="").with_options(timeout=120)
+    messages = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
+    # Greedy, so the uninterrupted answer is the reference the resumed stream must equal.
+    params = dict(model=model, messages=messages, max_tokens=160, temperature=0)
+    reference = client.chat.completions.create(**params).choices[0].message.content
+    assert len(reference) > 200
+
+    [pid] = instance_pids(model)
+    stream = client.chat.completions.create(**params, stream=True, stream_options={"include_usage": True})
+    received, killed, finish, usage = [], False, None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if not chunk.choices:
+            continue
+        if chunk.choices[0].delta.content:
+            received.append(chunk.choices[0].delta.content)
+        if chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+        if not killed and len("".join(received)) >= 20:
+            # Mid-stream: the instance dies without a word (no drain, no error chunk).
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+    assert killed, "the answer ended before the instance could be killed"
+    # JetStream redelivered the request to the replacement, which answered from the
+    # start; the caller got each character once, in order: the uninterrupted answer.
+    assert "".join(received) == reference
+    assert finish == "length"
+    assert usage is not None and usage.completion_tokens == 160
+    assert instance_pids(model) != [pid], "the killed instance was replaced"
