@@ -182,6 +182,10 @@ pub struct InstanceHeartbeat {
     /// The process id, on its host.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// How often the instance beats (and reports a period), in ms: an instance silent
+    /// for three of these (and the autoscaler's grace) is taken for lost.
+    #[serde(default)]
+    pub period_ms: Option<u64>,
 }
 
 /// `<account-token>.<model-token>`: a cluster's name in KV keys.

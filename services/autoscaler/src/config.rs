@@ -46,6 +46,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub idle_minute_ms: u64,
 
+    /// How long past three missed heartbeats an instance is given before it counts as
+    /// lost (billed to its last heartbeat, marked failed, killed if it is a local
+    /// process, replaced if the load needs it), in ms.
+    #[arg(long, env = "AUTOSCALER_HEARTBEAT_GRACE_MS", default_value_t = 5000)]
+    pub heartbeat_grace_ms: u64,
+
     /// The inference worker binary (process backend); default: next to this one.
     #[arg(long, env = "AUTOSCALER_INFERENCE_BIN")]
     pub inference_bin: Option<PathBuf>,
@@ -92,6 +98,12 @@ pub struct Config {
 impl Config {
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
+    }
+
+    /// How long an instance that reports every `period` may go without a new
+    /// heartbeat: three periods and the grace.
+    pub fn heartbeat_deadline(&self, period: Duration) -> Duration {
+        period.saturating_mul(3) + Duration::from_millis(self.heartbeat_grace_ms)
     }
 
     /// A cluster's idle timeout of `minutes`.

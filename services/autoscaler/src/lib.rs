@@ -7,8 +7,10 @@
 //!   `open__<model>__<account>` (REQUESTS), batch load = the same of
 //!   `batch__<model>__<account>` (BATCHWORK; 0 while that consumer does not exist);
 //!   desired from [`decide`]; start or stop (drain) instances; write the cluster's
-//!   status. Instances that died unasked are billed up to their death from their
-//!   heartbeat and replaced on the next tick if the load still needs them. Clusters
+//!   status. Instances that died unasked are billed from their heartbeat up to their
+//!   death (a process exit) or their last heartbeat (silent past
+//!   [`Config::heartbeat_deadline`], or the heartbeat expired), and replaced on the
+//!   next tick if the load still needs them. Clusters
 //!   whose spec was deleted are scaled to zero. Optionally the translator pool follows
 //!   the closed-model queues (`translator` on REQUESTS, `translator-batch` on
 //!   BATCHWORK).
@@ -53,6 +55,7 @@ pub mod decide;
 pub mod metrics;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 use tokio::time::Instant;
 
 use async_nats::jetstream::consumer::{Info as ConsumerInfo, PullConsumer, pull};
@@ -155,6 +158,15 @@ pub struct Reconciler {
     consumers: BTreeMap<Pool, PullConsumer>,
     /// Ready instances per (account, model), read from the heartbeats once a tick.
     ready: BTreeMap<(String, String), u32>,
+    /// Every heartbeat seen, by key, and when it last changed (this clock).
+    beats: BTreeMap<String, Seen>,
+}
+
+/// A heartbeat as last read, and when it last moved.
+#[derive(Debug)]
+struct Seen {
+    beat: InstanceHeartbeat,
+    changed: Instant,
 }
 
 impl Reconciler {
@@ -183,6 +195,7 @@ impl Reconciler {
             memory: BTreeMap::new(),
             consumers: BTreeMap::new(),
             ready: BTreeMap::new(),
+            beats: BTreeMap::new(),
         })
     }
 
@@ -247,14 +260,30 @@ impl Reconciler {
             if exited.unexpected {
                 self.metrics.crashes.inc();
                 tracing::warn!(pool = %exited.pool, instance = %exited.instance_id, status = %exited.status, "instance died; it will be replaced if the load needs it");
-                if let Pool::Cluster { account, model } = &exited.pool {
-                    self.bill_tail(account, model, &exited.instance_id, exited.at_ms)
-                        .await;
+                if let Pool::Cluster { account, model } = &exited.pool
+                    && let Some(beat) = self.heartbeat(account, model, &exited.instance_id).await
+                {
+                    self.bill_tail(&beat, exited.at_ms).await;
                 }
             }
         }
+        if let Err(e) = self.backend.refresh().await {
+            self.metrics.errors.inc();
+            tracing::warn!(error = %e, "cannot read the instances back; using the last view");
+        }
         let specs = self.specs().await?;
-        self.ready = self.ready_counts().await;
+        for lost in self.read_heartbeats().await {
+            self.metrics.crashes.inc();
+            tracing::warn!(instance = %lost.instance_id, model = %lost.model, "instance stopped heartbeating; billed to its last heartbeat, replaced if the load needs it");
+            self.bill_tail(&lost, lost.beat_ms).await;
+            self.backend.lost(
+                &Pool::Cluster {
+                    account: lost.account.clone(),
+                    model: lost.model.clone(),
+                },
+                &lost.instance_id,
+            );
+        }
         for (pool, spec) in &specs {
             let policy = decide::Policy {
                 min: spec.capacity.min,
@@ -424,11 +453,12 @@ impl Reconciler {
             } else {
                 ClusterState::Running
             };
-            let ready = self
-                .ready
-                .get(&(account.clone(), model.clone()))
-                .copied()
-                .unwrap_or(0);
+            let ready = self.backend.ready(pool).unwrap_or_else(|| {
+                self.ready
+                    .get(&(account.clone(), model.clone()))
+                    .copied()
+                    .unwrap_or(0)
+            });
             let status = ClusterStatus {
                 state,
                 instances: want,
@@ -450,42 +480,96 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Instances whose heartbeat says `ready` (KV `instances`), per (account, model):
-    /// one pass over the bucket per tick, whatever the number of clusters.
-    async fn ready_counts(&self) -> BTreeMap<(String, String), u32> {
-        let mut ready = BTreeMap::new();
+    /// One pass over KV `instances`: the ready instances per (account, model), and the
+    /// instances lost since the last pass — silent for longer than
+    /// [`Config::heartbeat_deadline`] of their period, or whose heartbeat expired
+    /// (the bucket's max age) rather than being deleted as a stopping instance does.
+    async fn read_heartbeats(&mut self) -> Vec<InstanceHeartbeat> {
         let Ok(mut keys) = self.instances.keys().await else {
-            return ready;
+            return Vec::new();
         };
+        let now = Instant::now();
+        let mut ready = BTreeMap::new();
+        let mut present = BTreeSet::new();
+        let mut lost = Vec::new();
         while let Some(Ok(key)) = keys.next().await {
-            if let Ok(Some(v)) = self.instances.get(&key).await
-                && let Ok(beat) = serde_json::from_slice::<InstanceHeartbeat>(&v)
-                && beat.state == InstanceState::Ready
-            {
-                *ready.entry((beat.account, beat.model)).or_insert(0) += 1;
+            let Ok(Some(v)) = self.instances.get(&key).await else {
+                continue;
+            };
+            let Ok(beat) = serde_json::from_slice::<InstanceHeartbeat>(&v) else {
+                continue;
+            };
+            if beat.state == InstanceState::Ready {
+                *ready
+                    .entry((beat.account.clone(), beat.model.clone()))
+                    .or_insert(0) += 1;
+            }
+            present.insert(key.clone());
+            match self.beats.get_mut(&key) {
+                Some(seen) if seen.beat.beat_ms == beat.beat_ms => {
+                    let period = Duration::from_millis(beat.period_ms.unwrap_or(10_000));
+                    if now.duration_since(seen.changed) > self.config.heartbeat_deadline(period) {
+                        lost.push(beat);
+                    }
+                }
+                Some(seen) => {
+                    seen.beat = beat;
+                    seen.changed = now;
+                }
+                None => {
+                    self.beats.insert(key, Seen { beat, changed: now });
+                }
             }
         }
-        ready
+        self.ready = ready;
+        // Gone since the last pass: deleted (stopped, or billed here already) or expired.
+        let gone: Vec<String> = self
+            .beats
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            let Some(seen) = self.beats.remove(&key) else {
+                continue;
+            };
+            if let Ok(None) = self.instances.entry(key.as_str()).await {
+                lost.push(seen.beat);
+            }
+        }
+        for beat in &lost {
+            if let Ok(key) = heartbeat_key(&beat.account, &beat.model, &beat.instance_id) {
+                self.beats.remove(&key);
+            }
+        }
+        lost
+    }
+
+    /// An instance's heartbeat, if it has one.
+    async fn heartbeat(
+        &self,
+        account: &str,
+        model: &str,
+        instance_id: &str,
+    ) -> Option<InstanceHeartbeat> {
+        let key = heartbeat_key(account, model, instance_id).ok()?;
+        match self.instances.get(&key).await {
+            Ok(Some(v)) => serde_json::from_slice(&v).ok(),
+            _ => {
+                tracing::warn!(
+                    instance = instance_id,
+                    "no heartbeat: the dead instance's last seconds cannot be billed"
+                );
+                None
+            }
+        }
     }
 
     /// An instance died without reporting its last period: bill it from its heartbeat's
-    /// `billed_until_ms` to `at_ms`, under the id the instance would have used, and
-    /// record it as failed.
-    async fn bill_tail(&self, account: &str, model: &str, instance_id: &str, at_ms: i64) {
-        let Ok(key) = heartbeat_key(account, model, instance_id) else {
-            return;
-        };
-        let beat = match self.instances.get(&key).await {
-            Ok(Some(v)) => serde_json::from_slice::<InstanceHeartbeat>(&v).ok(),
-            _ => None,
-        };
-        let Some(beat) = beat else {
-            tracing::warn!(
-                instance = instance_id,
-                "no heartbeat: the dead instance's last seconds cannot be billed"
-            );
-            return;
-        };
+    /// `billed_until_ms` to `at_ms`, under the id the instance would have used, record
+    /// it as failed, and delete its heartbeat (so it is billed once).
+    async fn bill_tail(&self, beat: &InstanceHeartbeat, at_ms: i64) {
+        let (account, model, instance_id) = (&beat.account, &beat.model, &beat.instance_id);
         let mut events = Vec::new();
         if at_ms > beat.billed_until_ms {
             events.push(UsageEvent {
@@ -535,7 +619,9 @@ impl Reconciler {
                 tracing::warn!(event = %event.event_id, "usage of a dead instance not stored");
             }
         }
-        let _ = self.instances.delete(&key).await;
+        if let Ok(key) = heartbeat_key(account, model, instance_id) {
+            let _ = self.instances.delete(&key).await;
+        }
     }
 }
 

@@ -183,3 +183,87 @@ async fn a_restarted_autoscaler_adopts_the_deployments_it_made() {
     // deleted cluster's Deployment gets scaled to zero.
     assert_eq!(backend.pools(), vec![acme]);
 }
+
+#[tokio::test]
+async fn each_refresh_reads_replicas_and_ready_pods_back_and_notices_a_deleted_deployment() {
+    type Listed = Arc<Mutex<serde_json::Value>>;
+    async fn list(
+        State(listed): State<Listed>,
+        headers: HeaderMap,
+    ) -> axum::Json<serde_json::Value> {
+        assert_eq!(headers["authorization"], "Bearer sa-token");
+        axum::Json(listed.lock().unwrap().clone())
+    }
+    let deployment = |replicas: u64, ready: Option<u64>| {
+        let mut d = serde_json::json!({
+            "metadata": {"name": "sy-a", "annotations": {
+                "switchyard.dev/model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "switchyard.dev/account": "acme"}},
+            "spec": {"replicas": replicas},
+            "status": {"replicas": replicas}
+        });
+        // The API server leaves readyReplicas out while it is zero.
+        if let Some(r) = ready {
+            d["status"]["readyReplicas"] = r.into();
+        }
+        d
+    };
+    let listed: Listed = Arc::new(Mutex::new(
+        serde_json::json!({"kind": "DeploymentList", "items": [deployment(3, None)]}),
+    ));
+    let app = axum::Router::new()
+        .route(
+            "/apis/apps/v1/namespaces/switchyard/deployments",
+            axum::routing::get(list),
+        )
+        .with_state(listed.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut backend = switchyard_autoscaler::Backend::Kubernetes(
+        KubernetesBackend::new(
+            format!("http://{addr}"),
+            Some("sa-token".into()),
+            None,
+            "switchyard".into(),
+            "img".into(),
+        )
+        .unwrap(),
+    );
+    let acme = Pool::Cluster {
+        account: "acme".into(),
+        model: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+    };
+    backend.refresh().await.unwrap();
+    assert_eq!(backend.count(&acme), 3);
+    assert_eq!(backend.ready(&acme), Some(0), "no pod ready yet");
+
+    *listed.lock().unwrap() =
+        serde_json::json!({"kind": "DeploymentList", "items": [deployment(3, Some(2))]});
+    backend.refresh().await.unwrap();
+    assert_eq!(backend.ready(&acme), Some(2));
+
+    // Someone scaled it by hand: the API server's count is the one scaled from.
+    *listed.lock().unwrap() =
+        serde_json::json!({"kind": "DeploymentList", "items": [deployment(5, Some(2))]});
+    backend.refresh().await.unwrap();
+    assert_eq!(backend.count(&acme), 5);
+
+    // Deleted behind the autoscaler's back: nothing runs (the next scale-up makes it again).
+    *listed.lock().unwrap() = serde_json::json!({"kind": "DeploymentList", "items": []});
+    backend.refresh().await.unwrap();
+    assert_eq!(backend.count(&acme), 0);
+    assert_eq!(backend.ready(&acme), Some(0));
+    assert!(backend.pools().is_empty());
+
+    // The process backend has no view of its own: readiness comes from heartbeats.
+    let process = switchyard_autoscaler::Backend::Process(
+        switchyard_autoscaler::backend::process::ProcessBackend::new(
+            "inference".into(),
+            "translator".into(),
+            None,
+            Vec::new(),
+        ),
+    );
+    assert_eq!(process.ready(&acme), None);
+}

@@ -479,3 +479,93 @@ async fn a_killed_instance_is_replaced_its_request_answered_and_its_usage_billed
         "billed up to its death"
     );
 }
+
+#[tokio::test]
+async fn a_hung_instance_is_billed_to_its_last_heartbeat_killed_and_replaced() {
+    let h = start(60_000).await;
+    h.put_spec(MINILM, 1, 1, 0).await;
+    h.wait_status(MINILM, "a warm instance", |s| s.ready == 1)
+        .await;
+    let beats =
+        h.js.get_key_value(subjects::INSTANCES_BUCKET)
+            .await
+            .unwrap();
+    let mut keys = beats.keys().await.unwrap();
+    let key = keys.next().await.unwrap().unwrap();
+    let beat: InstanceHeartbeat =
+        serde_json::from_slice(&beats.get(&key).await.unwrap().unwrap()).unwrap();
+    assert_eq!(beat.period_ms, Some(300));
+    let pid = beat.pid.unwrap();
+    // Hung (or cut off, as a pod on a lost node is): alive, but silent. Nothing exits,
+    // so only the heartbeat tells.
+    let hung_at = Utc::now().timestamp_millis();
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let dead = beat.instance_id.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let events = h.usage_events().await;
+        if events
+            .iter()
+            .any(|e| e.event_id == UsageEvent::lifecycle_id(&dead, InstanceState::Failed))
+        {
+            break events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent instance was never declared lost"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut periods: Vec<(i64, i64)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            UsageBody::InstancePeriod {
+                instance_id,
+                start_ms,
+                end_ms,
+                ..
+            } if *instance_id == dead => Some((*start_ms, *end_ms)),
+            _ => None,
+        })
+        .collect();
+    periods.sort();
+    assert_eq!(periods[0].0, beat.started_ms, "billed from its start");
+    for pair in periods.windows(2) {
+        assert_eq!(pair[0].1, pair[1].0, "no gap, no overlap: {periods:?}");
+    }
+    let end = periods.last().unwrap().1;
+    assert!(
+        end >= beat.beat_ms && end <= hung_at,
+        "billed to its last heartbeat, not to when it was noticed: {end} vs beat {} and hang {hung_at}",
+        beat.beat_ms
+    );
+    assert_eq!(metric(&h.metrics().await, "autoscaler_crashes_total"), 1.0);
+
+    // Killed (a stopped process still dies of SIGKILL), and a fresh instance serves.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hung process was not killed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.wait_status(MINILM, "a replacement", |s| s.ready == 1)
+        .await;
+    let (_, mut sub) = h.publish(MINILM, embed("still served")).await;
+    let chunks = reply(&mut sub).await;
+    assert!(chunks.last().unwrap().error.is_none());
+    // The lost instance is not billed again (its heartbeat is gone with it).
+    let failed = h
+        .usage_events()
+        .await
+        .iter()
+        .filter(|e| e.event_id == UsageEvent::lifecycle_id(&dead, InstanceState::Failed))
+        .count();
+    assert_eq!(failed, 1);
+}

@@ -264,24 +264,29 @@ pub async fn serve(
             move |message| worker::handle(worker.clone(), message)
         },
     );
-    let period = reporter.period;
-    let reporting = async {
-        let mut every = tokio::time::interval(period);
-        every.tick().await;
-        loop {
-            every.tick().await;
-            reporter.tick().await;
-        }
-    };
     let result = tokio::select! {
         r = consuming => r,
-        never = reporting => match never {},
+        never = report_every_period(&mut reporter) => match never {},
     };
     health.set_consuming(false);
     reporter.lifecycle(schemas::InstanceState::Draining).await;
     shutdown.cancel();
-    switchyard_worker::drain(&tracker).await;
+    // Still beating while the last answers finish: a long drain is not a lost instance.
+    tokio::select! {
+        () = switchyard_worker::drain(&tracker) => {}
+        never = report_every_period(&mut reporter) => match never {},
+    }
     reporter.stop().await;
     tracing::info!("inference instance stopped");
     result.map_err(Error::Consume)
+}
+
+/// A period and a heartbeat every [`usage::Reporter::period`], until dropped.
+async fn report_every_period(reporter: &mut usage::Reporter) -> std::convert::Infallible {
+    let mut every = tokio::time::interval(reporter.period);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        reporter.tick().await;
+    }
 }

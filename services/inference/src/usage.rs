@@ -143,6 +143,7 @@ impl Reporter {
             beat_ms: now_ms(),
             execution_provider: Some(self.me.execution_provider.clone()),
             pid: Some(std::process::id()),
+            period_ms: Some(u64::try_from(self.period.as_millis()).unwrap_or(u64::MAX)),
         };
         let (Ok(key), Ok(value)) = (self.key(), serde_json::to_vec(&beat)) else {
             return;

@@ -3,13 +3,15 @@
 //! Scaling PATCHes the Deployment's `scale` subresource (`spec.replicas`); a pool seen
 //! for the first time gets its Deployment from `infra/k8s/inference-deployment.json`
 //! (GPU workers request `nvidia.com/gpu` there). Kubernetes itself restarts crashed
-//! pods. At start, [`KubernetesBackend::adopt`] reads back the replicas of the
-//! Deployments an earlier autoscaler made (their annotations name the pool), so a
-//! restart neither forgets running instances nor leaves a deleted cluster's Deployment
-//! up. Not yet: billing the tail of a pod that died without reporting it (the process
-//! backend does, from the instance's heartbeat), and reading `status.readyReplicas`
-//! back (the count is the replicas last set; readiness comes from the instances'
-//! heartbeats in KV, as with processes).
+//! pods. Every tick, [`KubernetesBackend::refresh`] lists the inference Deployments
+//! (one call, by label) and reads back each one's `spec.replicas` and
+//! `status.readyReplicas`: the count the reconciler scales from is what the API server
+//! holds (a Deployment deleted or scaled by hand is noticed and corrected), and a
+//! cluster's `ready` instances are the pods passing their readiness probe. At start the
+//! same listing adopts the Deployments an earlier autoscaler made (their annotations
+//! name the pool), so a restart neither forgets running instances nor leaves a deleted
+//! cluster's Deployment up. A pod that dies without reporting it is billed by the
+//! reconciler from its heartbeat, as for every backend.
 //!
 //! In a pod, the API address, token and CA come from the service account
 //! (`KUBERNETES_SERVICE_HOST`, `/var/run/secrets/kubernetes.io/serviceaccount/`).
@@ -33,6 +35,8 @@ pub struct KubernetesBackend {
     image: String,
     http: reqwest::Client,
     replicas: BTreeMap<Pool, u32>,
+    /// `status.readyReplicas` per pool, as last listed.
+    ready: BTreeMap<Pool, u32>,
 }
 
 /// A Deployment name for `pool`: DNS-1123, at most 63 characters, stable.
@@ -88,6 +92,7 @@ impl KubernetesBackend {
             image,
             http,
             replicas: BTreeMap::new(),
+            ready: BTreeMap::new(),
         })
     }
 
@@ -120,11 +125,24 @@ impl KubernetesBackend {
         self.replicas.get(pool).copied().unwrap_or(0)
     }
 
-    /// Takes over the inference Deployments already in the namespace (labels
-    /// `app.kubernetes.io/part-of=switchyard`, `app.kubernetes.io/component=inference`;
-    /// annotations `switchyard.dev/model` and `switchyard.dev/account`) with their
-    /// `spec.replicas`. Returns how many it adopted.
+    /// Pods of `pool` passing their readiness probe, as last listed.
+    pub fn ready(&self, pool: &Pool) -> u32 {
+        self.ready.get(pool).copied().unwrap_or(0)
+    }
+
+    /// Takes over the inference Deployments already in the namespace: a first
+    /// [`refresh`](Self::refresh). Returns how many it adopted.
     pub async fn adopt(&mut self) -> Result<usize, String> {
+        self.refresh().await
+    }
+
+    /// Reads back every inference Deployment (labels
+    /// `app.kubernetes.io/part-of=switchyard`, `app.kubernetes.io/component=inference`;
+    /// annotations `switchyard.dev/model` and `switchyard.dev/account` name the pool):
+    /// `spec.replicas` becomes the pool's count, `status.readyReplicas` its ready
+    /// instances. A cluster pool whose Deployment is gone counts zero. Returns how many
+    /// Deployments it read.
+    pub async fn refresh(&mut self) -> Result<usize, String> {
         let path = format!(
             "/apis/apps/v1/namespaces/{}/deployments?labelSelector=app.kubernetes.io%2Fpart-of%3Dswitchyard%2Capp.kubernetes.io%2Fcomponent%3Dinference",
             self.namespace
@@ -143,7 +161,12 @@ impl KubernetesBackend {
             .json()
             .await
             .map_err(|e| format!("listing Deployments: {e}"))?;
-        let mut adopted = 0;
+        let count =
+            |v: &serde_json::Value| u32::try_from(v.as_u64().unwrap_or(0)).unwrap_or(u32::MAX);
+        // The translator Deployment is not listed (not an inference one): keep its count.
+        self.replicas.retain(|p, _| *p == Pool::Translators);
+        self.ready.clear();
+        let mut read = 0;
         for item in list["items"].as_array().into_iter().flatten() {
             let annotations = &item["metadata"]["annotations"];
             let (Some(model), Some(account)) = (
@@ -156,12 +179,13 @@ impl KubernetesBackend {
                 account: account.to_string(),
                 model: model.to_string(),
             };
-            let replicas = item["spec"]["replicas"].as_u64().unwrap_or(0);
             self.replicas
-                .insert(pool, u32::try_from(replicas).unwrap_or(u32::MAX));
-            adopted += 1;
+                .insert(pool.clone(), count(&item["spec"]["replicas"]));
+            self.ready
+                .insert(pool, count(&item["status"]["readyReplicas"]));
+            read += 1;
         }
-        Ok(adopted)
+        Ok(read)
     }
 
     pub fn pools(&self) -> Vec<Pool> {

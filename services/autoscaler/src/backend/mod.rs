@@ -63,6 +63,34 @@ impl Backend {
         }
     }
 
+    /// Reads the instances back from where they run, once a tick (Kubernetes: one
+    /// listing of the Deployments; processes: nothing to read).
+    pub async fn refresh(&mut self) -> Result<(), String> {
+        match self {
+            Backend::Process(_) => Ok(()),
+            Backend::Kubernetes(b) => b.refresh().await.map(|_| ()),
+        }
+    }
+
+    /// Ready instances of `pool` as the backend sees them (Kubernetes:
+    /// `readyReplicas`); `None` where only the instances' heartbeats tell.
+    pub fn ready(&self, pool: &Pool) -> Option<u32> {
+        match self {
+            Backend::Process(_) => None,
+            Backend::Kubernetes(b) => Some(b.ready(pool)),
+        }
+    }
+
+    /// An instance stopped heartbeating: make sure it is gone (a hung process is
+    /// killed; Kubernetes restarts or replaces a dead pod itself, and a hung one fails
+    /// its liveness probe).
+    pub fn lost(&mut self, pool: &Pool, instance_id: &str) {
+        match self {
+            Backend::Process(b) => b.kill(pool, instance_id),
+            Backend::Kubernetes(_) => {}
+        }
+    }
+
     /// Instances that exited since the last call.
     pub fn reap(&mut self) -> Vec<Exited> {
         match self {

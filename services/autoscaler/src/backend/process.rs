@@ -103,6 +103,22 @@ impl ProcessBackend {
         Ok(())
     }
 
+    /// Kills one instance outright (it stopped heartbeating: hung or cut off) and no
+    /// longer counts it; its exit is then an expected one.
+    pub fn kill(&mut self, pool: &Pool, instance_id: &str) {
+        let Some(r) = self
+            .pools
+            .get_mut(pool)
+            .and_then(|list| list.iter_mut().find(|r| r.id == instance_id))
+        else {
+            return;
+        };
+        r.stopping = true;
+        if let Err(e) = r.child.start_kill() {
+            tracing::warn!(error = %e, instance = instance_id, "cannot kill a lost instance");
+        }
+    }
+
     fn spawn(&self, pool: &Pool) -> Result<Running, String> {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let mut cmd = match pool {
