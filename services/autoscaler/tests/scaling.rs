@@ -265,6 +265,29 @@ async fn reply(sub: &mut async_nats::Subscriber) -> Vec<ReplyChunk> {
     }
 }
 
+/// The `[start, end)` instance periods billed for `instance`, in order; asserts that
+/// they join up (no gap, no overlap).
+fn billed_periods(events: &[UsageEvent], instance: &str) -> Vec<(i64, i64)> {
+    let mut periods: Vec<(i64, i64)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            UsageBody::InstancePeriod {
+                instance_id,
+                start_ms,
+                end_ms,
+                ..
+            } if instance_id == instance => Some((*start_ms, *end_ms)),
+            _ => None,
+        })
+        .collect();
+    periods.sort();
+    assert!(!periods.is_empty(), "no periods billed for {instance}");
+    for pair in periods.windows(2) {
+        assert_eq!(pair[0].1, pair[1].0, "no gap, no overlap: {periods:?}");
+    }
+    periods
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name))
@@ -457,23 +480,8 @@ async fn a_killed_instance_is_replaced_its_request_answered_and_its_usage_billed
             .iter()
             .any(|e| e.event_id == UsageEvent::lifecycle_id(&dead, InstanceState::Failed))
     );
-    let mut periods: Vec<(i64, i64)> = events
-        .iter()
-        .filter_map(|e| match &e.body {
-            UsageBody::InstancePeriod {
-                instance_id,
-                start_ms,
-                end_ms,
-                ..
-            } if *instance_id == dead => Some((*start_ms, *end_ms)),
-            _ => None,
-        })
-        .collect();
-    periods.sort();
+    let periods = billed_periods(&events, &dead);
     assert_eq!(periods[0].0, beat.started_ms, "billed from its start");
-    for pair in periods.windows(2) {
-        assert_eq!(pair[0].1, pair[1].0, "no gap, no overlap: {periods:?}");
-    }
     assert!(
         periods.last().unwrap().1 >= beat.beat_ms,
         "billed up to its death"
@@ -521,23 +529,8 @@ async fn a_hung_instance_is_billed_to_its_last_heartbeat_killed_and_replaced() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let mut periods: Vec<(i64, i64)> = events
-        .iter()
-        .filter_map(|e| match &e.body {
-            UsageBody::InstancePeriod {
-                instance_id,
-                start_ms,
-                end_ms,
-                ..
-            } if *instance_id == dead => Some((*start_ms, *end_ms)),
-            _ => None,
-        })
-        .collect();
-    periods.sort();
+    let periods = billed_periods(&events, &dead);
     assert_eq!(periods[0].0, beat.started_ms, "billed from its start");
-    for pair in periods.windows(2) {
-        assert_eq!(pair[0].1, pair[1].0, "no gap, no overlap: {periods:?}");
-    }
     let end = periods.last().unwrap().1;
     assert!(
         end >= beat.beat_ms && end <= hung_at,
