@@ -66,6 +66,9 @@ pub enum Error {
     Database(#[from] switchyard_store::Error),
 }
 
+/// How long the start waits for the key-revocation listener's first connection.
+const REVOCATIONS_WAIT: Duration = Duration::from_secs(3);
+
 /// How long in-flight requests get to finish after shutdown is signalled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -121,12 +124,30 @@ pub async fn serve(
     });
     tracker.spawn(spend.run(shutdown.clone()));
     if let Some(url) = state.config.auth.database_url.clone() {
-        // A key revoked anywhere leaves this ingress's cache at once.
+        // A key revoked anywhere leaves this ingress's cache at once. The watcher
+        // empties the cache when it (re)connects, since announcements may have been
+        // missed; so wait briefly for its first connection before serving, or keys
+        // verified meanwhile would be dropped from the cache again. Postgres being down
+        // does not hold the start up (keys are then checked when it is back).
+        let listening = Arc::new(tokio::sync::Notify::new());
+        let heard = listening.clone();
         let state = state.clone();
         let stop = shutdown.clone();
         tracker.spawn(async move {
-            switchyard_store::keys::watch_revocations(&url, stop, |r| state.auth.forget(r)).await;
+            switchyard_store::keys::watch_revocations(&url, stop, |r| {
+                state.auth.forget(r);
+                heard.notify_one();
+            })
+            .await;
         });
+        if tokio::time::timeout(REVOCATIONS_WAIT, listening.notified())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "not yet listening for key revocations (Postgres unreachable?); serving anyway"
+            );
+        }
     }
     let addr = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%addr, ingress_id = %ingress_id, "ingress listening");
