@@ -3,7 +3,7 @@
 
 use schemas::{
     ChatRequest, ContentPart, ErrorKind, FinishReason, Message, Params, Role, Tool, ToolCall,
-    ToolCallDelta, ToolChoice, Usage,
+    ToolChoice, Usage,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -415,61 +415,53 @@ pub fn usage_json(usage: &Usage) -> Value {
     v
 }
 
-/// Everything a non-streaming answer needs, accumulated from chunks.
-#[derive(Debug, Default)]
-pub struct Completion {
-    pub content: String,
-    pub saw_content: bool,
-    pub tool_calls: Vec<schemas::ToolCall>,
-    pub finish_reason: Option<FinishReason>,
-    pub usage: Option<Usage>,
-    /// Parameters the provider could not take (see `ReplyChunk::dropped_params`).
-    pub dropped_params: Vec<String>,
-}
+/// Everything a non-streaming answer needs, accumulated from chunks: the same
+/// assembly batch results use.
+pub use schemas::batch::Assembly as Completion;
 
-impl Completion {
-    pub fn add_tool_deltas(&mut self, deltas: &[ToolCallDelta]) {
-        schemas::batch::add_tool_deltas(&mut self.tool_calls, deltas);
+/// The `chat.completion` object.
+pub fn completion_json(
+    c: &Completion,
+    id: &str,
+    created: i64,
+    model: &str,
+    provider: Option<&str>,
+) -> Value {
+    let mut message = json!({
+        "role": "assistant",
+        "content": if c.saw_content || c.tool_calls.is_empty() { Value::String(c.content.clone()) } else { Value::Null },
+        "refusal": null,
+    });
+    if !c.tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(
+            c.tool_calls
+                .iter()
+                .map(|call| json!({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}))
+                .collect(),
+        );
     }
-
-    /// The `chat.completion` object.
-    pub fn to_json(&self, id: &str, created: i64, model: &str, provider: Option<&str>) -> Value {
-        let mut message = json!({
-            "role": "assistant",
-            "content": if self.saw_content || self.tool_calls.is_empty() { Value::String(self.content.clone()) } else { Value::Null },
-            "refusal": null,
-        });
-        if !self.tool_calls.is_empty() {
-            message["tool_calls"] = Value::Array(
-                self.tool_calls
-                    .iter()
-                    .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
-                    .collect(),
-            );
-        }
-        let mut body = json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": message,
-                "logprobs": null,
-                "finish_reason": finish_reason(self.finish_reason.unwrap_or(FinishReason::Stop)),
-            }],
-        });
-        if let Some(u) = &self.usage {
-            body["usage"] = usage_json(u);
-        }
-        if let Some(p) = provider {
-            body["provider"] = Value::String(p.to_string());
-        }
-        if !self.dropped_params.is_empty() {
-            body["dropped_params"] = json!(self.dropped_params);
-        }
-        body
+    let mut body = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": null,
+            "finish_reason": finish_reason(c.finish_reason.unwrap_or(FinishReason::Stop)),
+        }],
+    });
+    if let Some(u) = &c.usage {
+        body["usage"] = usage_json(u);
     }
+    if let Some(p) = provider {
+        body["provider"] = Value::String(p.to_string());
+    }
+    if !c.dropped_params.is_empty() {
+        body["dropped_params"] = json!(c.dropped_params);
+    }
+    body
 }
 
 /// One `chat.completion.chunk` with a single choice.
@@ -551,6 +543,7 @@ pub fn delta_json(delta: &schemas::Delta) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::ToolCallDelta;
 
     #[test]
     fn wrong_types_name_the_field() {
@@ -628,26 +621,35 @@ mod tests {
     #[test]
     fn completion_assembles_tool_calls_by_index() {
         let mut c = Completion::default();
-        c.add_tool_deltas(&[ToolCallDelta {
-            index: 0,
-            id: Some("a".into()),
-            name: Some("f".into()),
-            arguments: Some("{\"x\"".into()),
-        }]);
-        c.add_tool_deltas(&[ToolCallDelta {
-            index: 1,
-            id: Some("b".into()),
-            name: Some("g".into()),
-            arguments: Some("{}".into()),
-        }]);
-        c.add_tool_deltas(&[ToolCallDelta {
-            index: 0,
-            id: None,
-            name: None,
-            arguments: Some(":1}".into()),
-        }]);
+        schemas::batch::add_tool_deltas(
+            &mut c.tool_calls,
+            &[ToolCallDelta {
+                index: 0,
+                id: Some("a".into()),
+                name: Some("f".into()),
+                arguments: Some("{\"x\"".into()),
+            }],
+        );
+        schemas::batch::add_tool_deltas(
+            &mut c.tool_calls,
+            &[ToolCallDelta {
+                index: 1,
+                id: Some("b".into()),
+                name: Some("g".into()),
+                arguments: Some("{}".into()),
+            }],
+        );
+        schemas::batch::add_tool_deltas(
+            &mut c.tool_calls,
+            &[ToolCallDelta {
+                index: 0,
+                id: None,
+                name: None,
+                arguments: Some(":1}".into()),
+            }],
+        );
         c.finish_reason = Some(FinishReason::ToolCalls);
-        let v = c.to_json("id", 1, "m", None);
+        let v = completion_json(&c, "id", 1, "m", None);
         let calls = &v["choices"][0]["message"]["tool_calls"];
         assert_eq!(calls[0]["function"]["arguments"], "{\"x\":1}");
         assert_eq!(calls[1]["id"], "b");

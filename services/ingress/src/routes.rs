@@ -228,7 +228,8 @@ async fn handle_chat(
         } else {
             let completion = collect(&mut registration, first, prepared.deadline).await?;
             cancel.disarm();
-            let body = completion.to_json(
+            let body = openai::completion_json(
+                &completion,
                 &context.id,
                 context.created,
                 &context.model,
@@ -748,41 +749,28 @@ pub(crate) fn in_order(chunk: &ReplyChunk, expected: u32) -> Result<(), ApiError
     Ok(())
 }
 
-/// Reads chunks to the last one and assembles a non-streaming answer.
+/// Reads chunks to the last one and assembles a non-streaming answer
+/// ([`schemas::batch::Assembly`], as batch results are). A redelivered request starts
+/// over from seq 0: the fresh answer replaces what came before.
 pub(crate) async fn collect(
     registration: &mut Registration,
     first: ReplyChunk,
     deadline: TokioInstant,
 ) -> Result<Completion, ApiError> {
-    let mut completion = Completion::default();
+    let mut answer = Completion::default();
     let mut chunk = first;
     let mut expected = 0u32;
     loop {
         if chunk.seq == 0 && chunk.error.is_none() {
-            // A redelivered request starts over from seq 0: nothing was sent yet, so restart.
-            completion = Completion::default();
-            completion.dropped_params = std::mem::take(&mut chunk.dropped_params);
             expected = 0;
         }
         in_order(&chunk, expected)?;
         if let Some(error) = chunk.error {
             return Err(ApiError::from(error));
         }
-        if let Some(delta) = &chunk.delta {
-            if let Some(c) = &delta.content {
-                completion.content.push_str(c);
-                completion.saw_content = true;
-            }
-            completion.add_tool_deltas(&delta.tool_calls);
-        }
-        if chunk.finish_reason.is_some() {
-            completion.finish_reason = chunk.finish_reason;
-        }
-        if chunk.usage.is_some() {
-            completion.usage = chunk.usage;
-        }
+        answer.add(&chunk);
         if chunk.last {
-            return Ok(completion);
+            return Ok(answer);
         }
         expected += 1;
         chunk = next_chunk(registration, deadline).await?;
@@ -804,35 +792,12 @@ pub(crate) async fn collect_output(
     first: ReplyChunk,
     deadline: TokioInstant,
 ) -> Result<TaskReply, ApiError> {
-    let mut chunk = first;
-    let mut expected = 0u32;
-    let mut output = None;
-    let mut usage = None;
-    loop {
-        if chunk.seq == 0 && chunk.error.is_none() {
-            // A redelivered request starts over from seq 0.
-            output = None;
-            usage = None;
-            expected = 0;
-        }
-        in_order(&chunk, expected)?;
-        if let Some(error) = chunk.error {
-            return Err(ApiError::from(error));
-        }
-        if chunk.output.is_some() {
-            output = chunk.output;
-        }
-        if chunk.usage.is_some() {
-            usage = chunk.usage;
-        }
-        if chunk.last {
-            return output
-                .map(|output| TaskReply { output, usage })
-                .ok_or_else(|| internal("a worker ended a task reply without its output"));
-        }
-        expected += 1;
-        chunk = next_chunk(registration, deadline).await?;
-    }
+    let answer = collect(registration, first, deadline).await?;
+    let usage = answer.usage;
+    answer
+        .output
+        .map(|output| TaskReply { output, usage })
+        .ok_or_else(|| internal("a worker ended a task reply without its output"))
 }
 
 fn event(value: &serde_json::Value) -> Event {

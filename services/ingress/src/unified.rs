@@ -1167,12 +1167,15 @@ mod tests {
     #[test]
     fn answer_carries_output_usage_and_tool_calls() {
         let mut c = Completion::default();
-        c.add_tool_deltas(&[ToolCallDelta {
-            index: 0,
-            id: Some("c1".into()),
-            name: Some("f".into()),
-            arguments: Some("{}".into()),
-        }]);
+        schemas::batch::add_tool_deltas(
+            &mut c.tool_calls,
+            &[ToolCallDelta {
+                index: 0,
+                id: Some("c1".into()),
+                name: Some("f".into()),
+                arguments: Some("{}".into()),
+            }],
+        );
         c.finish_reason = Some(FinishReason::ToolCalls);
         c.usage = Some(Usage {
             input_tokens: 3,
