@@ -48,8 +48,10 @@ pub struct Config {
 
     /// How long past three missed heartbeats an instance is given before it counts as
     /// lost (billed to its last heartbeat, marked failed, killed if it is a local
-    /// process, replaced if the load needs it), in ms.
-    #[arg(long, env = "AUTOSCALER_HEARTBEAT_GRACE_MS", default_value_t = 5000)]
+    /// process, replaced if the load needs it), in ms. Generous: an instance writes its
+    /// heartbeat after its period's PubAck, which waits for an fsync, and a busy host
+    /// can hold that up for seconds; a live instance taken for lost is killed.
+    #[arg(long, env = "AUTOSCALER_HEARTBEAT_GRACE_MS", default_value_t = 20_000)]
     pub heartbeat_grace_ms: u64,
 
     /// The inference worker binary (process backend); default: next to this one.

@@ -459,6 +459,10 @@ impl Reconciler {
                     .copied()
                     .unwrap_or(0)
             });
+            self.metrics
+                .ready
+                .get_or_create(&labels)
+                .set(i64::from(ready));
             let status = ClusterStatus {
                 state,
                 instances: want,

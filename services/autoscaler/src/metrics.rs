@@ -33,6 +33,9 @@ pub struct Metrics {
     pub instances: Family<PoolLabels, Gauge>,
     /// Instances wanted, per pool.
     pub desired: Family<PoolLabels, Gauge>,
+    /// Instances serving, per cluster: heartbeats in state `ready` (Kubernetes:
+    /// `readyReplicas`); `instances − ready` are starting or draining.
+    pub ready: Family<PoolLabels, Gauge>,
     /// Requests pending or in flight in the pool's queues, by kind (`interactive`,
     /// `batch`): `sum by (pool)` is the whole backlog.
     pub queue_depth: Family<QueueLabels, Gauge>,
@@ -40,7 +43,7 @@ pub struct Metrics {
     pub decisions: Family<DirectionLabels, Counter>,
     /// From deciding to start the first instance of an idle pool to that instance pulling.
     pub cold_start: Histogram,
-    /// Instances that exited without being told to.
+    /// Instances that exited, or fell silent, without being told to.
     pub crashes: Counter,
     /// Reconciliations that failed (NATS, KV, backend).
     pub errors: Counter,
@@ -53,6 +56,7 @@ impl Default for Metrics {
             registry: Arc::new(Registry::default()),
             instances: Family::default(),
             desired: Family::default(),
+            ready: Family::default(),
             queue_depth: Family::default(),
             decisions: Family::default(),
             cold_start: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
@@ -68,6 +72,11 @@ impl Default for Metrics {
             "desired_instances",
             "Instances wanted, per pool",
             m.desired.clone(),
+        );
+        registry.register(
+            "ready_instances",
+            "Instances serving (ready), per cluster",
+            m.ready.clone(),
         );
         registry.register(
             "queue_depth",
@@ -86,7 +95,7 @@ impl Default for Metrics {
         );
         registry.register(
             "crashes",
-            "Instances that exited without being told to",
+            "Instances that exited, or fell silent, without being told to",
             m.crashes.clone(),
         );
         registry.register("errors", "Reconciliations that failed", m.errors.clone());

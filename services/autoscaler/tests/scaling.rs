@@ -439,7 +439,9 @@ async fn a_killed_instance_is_replaced_its_request_answered_and_its_usage_billed
         )
         .await;
     // The first chunk: the instance is generating. Kill it (-9: no drain, no goodbye).
-    let first: ReplyChunk = schemas::decode(&sub.next().await.unwrap().payload).unwrap();
+    let first = switchyard_worker::testing::next_chunk(&mut sub, Duration::from_secs(90))
+        .await
+        .unwrap();
     assert_eq!(first.seq, 0);
     let mut keys = beats.keys().await.unwrap();
     let key = keys.next().await.unwrap().unwrap();
@@ -494,6 +496,11 @@ async fn a_hung_instance_is_billed_to_its_last_heartbeat_killed_and_replaced() {
     h.put_spec(MINILM, 1, 1, 0).await;
     h.wait_status(MINILM, "a warm instance", |s| s.ready == 1)
         .await;
+    // The metric is set in the same reconciliation that wrote the status.
+    assert_eq!(
+        metric(&h.metrics().await, "autoscaler_ready_instances"),
+        1.0
+    );
     let beats =
         h.js.get_key_value(subjects::INSTANCES_BUCKET)
             .await
