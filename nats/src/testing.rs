@@ -208,32 +208,57 @@ impl Drop for NatsServer {
 }
 
 /// Every message now in `stream`, oldest first (subject and payload), read through a
-/// throwaway ephemeral consumer: what a test asserts on after the fact.
+/// throwaway ephemeral consumer: what a test asserts on after the fact. "Now" is the
+/// stream's last sequence when called: messages published while it reads (an
+/// instance reporting every 300 ms, say) are left out, so the read always ends; and
+/// the consumer takes no acks, so nothing is handed out twice however long it takes.
 pub async fn stream_contents(
     js: &async_nats::jetstream::Context,
     stream: &str,
 ) -> Result<Vec<(String, bytes::Bytes)>, String> {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
     use futures::StreamExt;
-    let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let mut stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return Ok(out);
+    }
     let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .create_consumer(pull::Config {
+            ack_policy: AckPolicy::None,
+            ..pull::Config::default()
+        })
         .await
         .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
     loop {
         let mut batch = consumer
             .fetch()
             .max_messages(1000)
-            .expires(Duration::from_millis(300))
+            .expires(Duration::from_secs(1))
             .messages()
             .await
             .map_err(|e| e.to_string())?;
-        let before = out.len();
+        let mut any = false;
         while let Some(m) = batch.next().await {
             let m = m.map_err(|e| e.to_string())?;
+            any = true;
+            let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
+            if seq > state.last_sequence {
+                return Ok(out);
+            }
             out.push((m.subject.to_string(), m.payload.clone()));
+            if seq == state.last_sequence {
+                return Ok(out);
+            }
         }
-        if out.len() == before {
+        // Nothing more: the rest up to the last sequence was removed meanwhile.
+        if !any {
             return Ok(out);
         }
     }
