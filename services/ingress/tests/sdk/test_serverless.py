@@ -108,18 +108,24 @@ def test_a_cold_start_longer_than_the_caller_waits_is_a_503_then_a_retry_succeed
     assert res.choices[0].message.content is not None
 
 
-def instance_pids(model: str) -> list[int]:
-    """The inference processes serving `model` (the autoscaler passes it as INFERENCE_MODEL)."""
+def instance_pids(sy, model: str) -> list[int]:
+    """This stack's inference processes serving `model`: children of its autoscaler,
+    which passes the model as INFERENCE_MODEL."""
+    parent = sy.services["autoscaler"].proc.pid
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
             with open(f"/proc/{entry}/environ", "rb") as f:
                 env = f.read().split(b"\0")
         except OSError:
             continue
-        if f"INFERENCE_MODEL={model}".encode() in env:
+        # stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after ")".
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == parent and state != "Z" and f"INFERENCE_MODEL={model}".encode() in env:
             pids.append(int(entry))
     return pids
 
@@ -136,7 +142,8 @@ def test_a_streaming_answer_continues_when_its_instance_is_killed_mid_stream(sy)
     reference = client.chat.completions.create(**params).choices[0].message.content
     assert len(reference) > 200
 
-    [pid] = instance_pids(model)
+    # Earlier tests may have left this cluster more instances: wait for the one.
+    [pid] = wait_for("one instance", lambda: p if len(p := instance_pids(sy, model)) == 1 else None)
     stream = client.chat.completions.create(**params, stream=True, stream_options={"include_usage": True})
     received, killed, finish, usage = [], False, None, None
     for chunk in stream:
@@ -158,4 +165,5 @@ def test_a_streaming_answer_continues_when_its_instance_is_killed_mid_stream(sy)
     assert "".join(received) == reference
     assert finish == "length"
     assert usage is not None and usage.completion_tokens == 160
-    assert instance_pids(model) != [pid], "the killed instance was replaced"
+    assert pid not in instance_pids(sy, model), "the killed instance is gone"
+    wait_for("a replacement", lambda: len(instance_pids(sy, model)) == 1)
