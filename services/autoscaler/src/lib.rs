@@ -503,16 +503,23 @@ impl Reconciler {
             let Ok(beat) = serde_json::from_slice::<InstanceHeartbeat>(&v) else {
                 continue;
             };
+            present.insert(key.clone());
             if beat.state == InstanceState::Ready {
                 *ready
                     .entry((beat.account.clone(), beat.model.clone()))
                     .or_insert(0) += 1;
             }
-            present.insert(key.clone());
             match self.beats.get_mut(&key) {
                 Some(seen) if seen.beat.beat_ms == beat.beat_ms => {
                     let period = Duration::from_millis(beat.period_ms.unwrap_or(10_000));
                     if now.duration_since(seen.changed) > self.config.heartbeat_deadline(period) {
+                        // Lost: not serving, whatever its heartbeat last said.
+                        if beat.state == InstanceState::Ready
+                            && let Some(n) =
+                                ready.get_mut(&(beat.account.clone(), beat.model.clone()))
+                        {
+                            *n -= 1;
+                        }
                         lost.push(beat);
                     }
                 }
