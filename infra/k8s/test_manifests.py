@@ -63,6 +63,15 @@ def test_inference_workers_request_a_gpu_and_set_only_documented_variables():
     assert names <= help_env("switchyard-inference"), names - help_env("switchyard-inference")
     selector = t["spec"]["selector"]["matchLabels"].items()
     assert set(selector) <= set(t["spec"]["template"]["metadata"]["labels"].items())
+    # Ready = /healthz (503 while loading or draining); alive = /livez, so a draining
+    # worker is not restarted and a hung one is; a long start (a TensorRT engine
+    # build) is allowed for.
+    port = int(next(e["value"] for e in container["env"] if e["name"] == "INFERENCE_BIND").rsplit(":", 1)[1])
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": port}
+    assert container["startupProbe"]["httpGet"] == {"path": "/livez", "port": port}
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
 
 
 def test_service_deployments_set_only_documented_variables():

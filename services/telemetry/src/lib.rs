@@ -79,9 +79,11 @@ pub fn metrics_text(registry: &Registry) -> String {
     out
 }
 
-/// The `/healthz` and `/metrics` endpoints every worker serves: `healthy` says
-/// whether it can do its job right now (200 `{"status":"ok"}`, else 503
-/// `{"status":"unavailable"}`), `metrics` renders the exposition text.
+/// The `/healthz`, `/livez` and `/metrics` endpoints every worker serves: `healthy`
+/// says whether it can do its job right now (200 `{"status":"ok"}`, else 503
+/// `{"status":"unavailable"}`: a readiness probe), `/livez` answers 200 whenever the
+/// process's runtime answers at all — also while it loads or drains (a liveness
+/// probe: a hung process stops answering it), `metrics` renders the exposition text.
 pub fn health_router(
     healthy: impl Fn() -> bool + Clone + Send + Sync + 'static,
     metrics: impl Fn() -> String + Clone + Send + Sync + 'static,
@@ -107,6 +109,10 @@ pub fn health_router(
                     }
                 }
             }),
+        )
+        .route(
+            "/livez",
+            get(|| async { axum::Json(serde_json::json!({"status": "alive"})) }),
         )
         .route(
             "/metrics",
@@ -164,4 +170,39 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener,
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| BindError { addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    #[allow(clippy::disallowed_methods)]
+    async fn livez_answers_while_healthz_says_unavailable() {
+        let router = super::health_router(|| false, || "m 1\n".to_string());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(super::serve_health(listener, router, shutdown.clone()));
+        let live = get(addr, "/livez").await;
+        assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+        assert!(live.ends_with(r#"{"status":"alive"}"#), "{live}");
+        let health = get(addr, "/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+        assert!(health.ends_with(r#"{"status":"unavailable"}"#), "{health}");
+        shutdown.cancel();
+        server.await.unwrap();
+    }
 }
