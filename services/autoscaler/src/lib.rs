@@ -504,32 +504,32 @@ impl Reconciler {
                 continue;
             };
             present.insert(key.clone());
-            if beat.state == InstanceState::Ready {
-                *ready
-                    .entry((beat.account.clone(), beat.model.clone()))
-                    .or_insert(0) += 1;
-            }
-            match self.beats.get_mut(&key) {
+            let silent = match self.beats.get_mut(&key) {
                 Some(seen) if seen.beat.beat_ms == beat.beat_ms => {
                     let period = Duration::from_millis(beat.period_ms.unwrap_or(10_000));
-                    if now.duration_since(seen.changed) > self.config.heartbeat_deadline(period) {
-                        // Lost: not serving, whatever its heartbeat last said.
-                        if beat.state == InstanceState::Ready
-                            && let Some(n) =
-                                ready.get_mut(&(beat.account.clone(), beat.model.clone()))
-                        {
-                            *n -= 1;
-                        }
-                        lost.push(beat);
-                    }
+                    now.duration_since(seen.changed) > self.config.heartbeat_deadline(period)
                 }
                 Some(seen) => {
-                    seen.beat = beat;
+                    seen.beat = beat.clone();
                     seen.changed = now;
+                    false
                 }
                 None => {
-                    self.beats.insert(key, Seen { beat, changed: now });
+                    self.beats.insert(
+                        key,
+                        Seen {
+                            beat: beat.clone(),
+                            changed: now,
+                        },
+                    );
+                    false
                 }
+            };
+            if silent {
+                // Lost: not serving, whatever its heartbeat last said.
+                lost.push(beat);
+            } else if beat.state == InstanceState::Ready {
+                *ready.entry((beat.account, beat.model)).or_insert(0) += 1;
             }
         }
         self.ready = ready;

@@ -621,32 +621,29 @@ mod tests {
     #[test]
     fn completion_assembles_tool_calls_by_index() {
         let mut c = Completion::default();
+        // Fragments of two calls, interleaved: assembled by index, in order.
         schemas::batch::add_tool_deltas(
             &mut c.tool_calls,
-            &[ToolCallDelta {
-                index: 0,
-                id: Some("a".into()),
-                name: Some("f".into()),
-                arguments: Some("{\"x\"".into()),
-            }],
-        );
-        schemas::batch::add_tool_deltas(
-            &mut c.tool_calls,
-            &[ToolCallDelta {
-                index: 1,
-                id: Some("b".into()),
-                name: Some("g".into()),
-                arguments: Some("{}".into()),
-            }],
-        );
-        schemas::batch::add_tool_deltas(
-            &mut c.tool_calls,
-            &[ToolCallDelta {
-                index: 0,
-                id: None,
-                name: None,
-                arguments: Some(":1}".into()),
-            }],
+            &[
+                ToolCallDelta {
+                    index: 0,
+                    id: Some("a".into()),
+                    name: Some("f".into()),
+                    arguments: Some("{\"x\"".into()),
+                },
+                ToolCallDelta {
+                    index: 1,
+                    id: Some("b".into()),
+                    name: Some("g".into()),
+                    arguments: Some("{}".into()),
+                },
+                ToolCallDelta {
+                    index: 0,
+                    id: None,
+                    name: None,
+                    arguments: Some(":1}".into()),
+                },
+            ],
         );
         c.finish_reason = Some(FinishReason::ToolCalls);
         let v = completion_json(&c, "id", 1, "m", None);

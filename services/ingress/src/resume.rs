@@ -53,12 +53,17 @@ impl StreamOrder {
                 return Err(diverged());
             }
             self.restarts += 1;
+            tracing::info!(
+                request_id = %chunk.request_id,
+                restarts = self.restarts,
+                "the answer started over (redelivered); resuming the stream"
+            );
             self.expected = 0;
             self.replaying = Some(0);
         }
         crate::routes::in_order(chunk, self.expected)?;
         self.expected += 1;
-        let Some(matched) = self.replaying else {
+        let Some(mut matched) = self.replaying else {
             if let Some(d) = &chunk.delta {
                 if let Some(c) = &d.content {
                     self.sent.push_str(c);
@@ -67,7 +72,6 @@ impl StreamOrder {
             }
             return Ok(());
         };
-        let mut matched = matched;
         if let Some(d) = &mut chunk.delta {
             // The caller has had the role.
             d.role = None;
