@@ -166,7 +166,7 @@ def baseline_embed(spec: dict) -> dict:
     n = len(ids)
     sess = ort_session(spec["model"], spec["threads"], spec["opt_level"])
 
-    def embed(rows: list[int]) -> np.ndarray:
+    def embed(rows: list[int], sess=sess) -> np.ndarray:
         """A plain Python server's work for one request of token ids: pad to the
         longest, run, mean-pool over the mask, L2-normalise."""
         longest = max(len(ids[i]) for i in rows)
@@ -204,52 +204,67 @@ def baseline_embed(spec: dict) -> dict:
         rust = np.asarray(corpus["vectors"], dtype=np.float32)
         out["parity_max_abs_diff"] = float(np.abs(rust - vectors).max())
 
-    for clients in spec["clients"]:
-        jobs: queue.Queue = queue.Queue()
-
-        def server():
-            while True:
-                item = jobs.get()
-                if item is None:
-                    return
-                row, done = item
-                embed([row])
-                done.set()
-
-        start = time.perf_counter()
-        measure_from = start + spec["warmup"]
-        end = measure_from + spec["duration"]
-        results: list[tuple[list[float], int]] = [([], 0)] * clients
-
-        def client(c: int):
-            lat, count, k = [], 0, c
-            while time.perf_counter() < end:
-                done = threading.Event()
-                sent = time.perf_counter()
-                jobs.put((k % n, done))
-                k += clients
-                done.wait()
-                finished = time.perf_counter()
-                if measure_from <= finished <= end:
-                    lat.append((finished - sent) * 1000)
-                    count += 1
-            results[c] = (lat, count)
-
-        srv = threading.Thread(target=server, daemon=True)
-        srv.start()
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        jobs.put(None)
-        srv.join()
-        lat = [x for r in results for x in r[0]]
-        done = sum(r[1] for r in results)
-        out["concurrent"].append({"clients": clients, "seconds": spec["duration"], "requests": done,
-                                  "sentences_per_s": done / spec["duration"],
-                                  "latency": latency_json(lat)})
+    # Concurrent load: `servers` threads take requests one at a time from one queue,
+    # each with its own session of threads / servers intra-op threads (1: the plain
+    # server; more: Python doing what `--encoder-runners` does, without batching).
+    for servers in spec.get("servers", [1]):
+        sessions = [sess] if servers == 1 else [
+            ort_session(spec["model"], max(1, spec["threads"] // servers), spec["opt_level"])
+            for _ in range(servers)]
+        key = "concurrent" if servers == 1 else f"concurrent_{servers}_servers"
+        out[key] = [concurrent_load(embed, sessions, clients, n, spec) for clients in spec["clients"]]
     return out
+
+
+def concurrent_load(embed, sessions: list, clients: int, n: int, spec: dict) -> dict:
+    """`clients` closed-loop client threads (client c sends texts c, c+C, …) against
+    one server thread per session, for spec["duration"] s after spec["warmup"] s."""
+    jobs: queue.Queue = queue.Queue()
+
+    def server(sess):
+        while True:
+            item = jobs.get()
+            if item is None:
+                return
+            row, done = item
+            embed([row], sess)
+            done.set()
+
+    start = time.perf_counter()
+    measure_from = start + spec["warmup"]
+    end = measure_from + spec["duration"]
+    results: list[tuple[list[float], int]] = [([], 0)] * clients
+
+    def client(c: int):
+        lat, count, k = [], 0, c
+        while time.perf_counter() < end:
+            done = threading.Event()
+            sent = time.perf_counter()
+            jobs.put((k % n, done))
+            k += clients
+            done.wait()
+            finished = time.perf_counter()
+            if measure_from <= finished <= end:
+                lat.append((finished - sent) * 1000)
+                count += 1
+        results[c] = (lat, count)
+
+    srvs = [threading.Thread(target=server, args=(s,), daemon=True) for s in sessions]
+    for t in srvs:
+        t.start()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for _ in srvs:
+        jobs.put(None)
+    for t in srvs:
+        t.join()
+    lat = [x for r in results for x in r[0]]
+    done = sum(r[1] for r in results)
+    return {"clients": clients, "seconds": spec["duration"], "requests": done,
+            "sentences_per_s": done / spec["duration"], "latency": latency_json(lat)}
 
 
 def baseline_generate(spec: dict) -> dict:
@@ -319,7 +334,7 @@ def bench_bin(args) -> Path:
 
 
 def common_flags(args) -> list[str]:
-    return ["--threads", str(args.threads)]
+    return ["--threads", str(args.threads), "--encoder-runners", str(args.encoder_runners)]
 
 
 def run_baseline(kind: str, spec: dict, pin: Pinning, timeout: float) -> dict:
@@ -355,14 +370,22 @@ def embed_rows(rust_runs: list[dict], py_runs: list[dict], args) -> list[dict]:
                    "rust_seqs_per_run": batching(rust_runs)}
             r, p = row["rust"]["tput"], row["python"]["tput"]
             row["ratio"] = r / p if r and p else None
+            if kind == "concurrent" and args.encoder_runners > 1:
+                servers = f"concurrent_{args.encoder_runners}_servers"
+                p_n = median([x["sentences_per_s"] for run in py_runs for x in run.get(servers, [])
+                              if x["clients"] == v])
+                row["python_servers_tput"] = p_n
+                row["ratio_servers"] = r / p_n if r and p_n else None
             rows.append(row)
     return rows
 
 
-def embed_table(rows: list[dict], goal: float) -> list[str]:
+def embed_table(rows: list[dict], goal: float, runners: int) -> list[str]:
+    extra = runners > 1
     out = ["| scenario | Rust sent/s | Rust p50 ms | Rust p99 ms | seqs/run | Python sent/s "
-           "| Python p50 ms | Python p99 ms | Rust ÷ Python | goal ≥ 1.3× |",
-           "|---|" + "---:|" * 8 + "---|"]
+           "| Python p50 ms | Python p99 ms | Rust ÷ Python | goal ≥ 1.3× |"
+           + (f" Python, {runners} servers: sent/s | Rust ÷ it |" if extra else ""),
+           "|---|" + "---:|" * 8 + "---|" + ("---:|---:|" if extra else "")]
     for row in rows:
         if row["kind"] == "fixed":
             name = f"batch {row['n']}"
@@ -375,7 +398,9 @@ def embed_table(rows: list[dict], goal: float) -> list[str]:
         r, p = row["rust"], row["python"]
         out.append(f"| {name} | {fmt(r['tput'])} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} "
                    f"| {fmt(row['rust_seqs_per_run'], 2)} | {fmt(p['tput'])} | {fmt(p['p50_ms'])} "
-                   f"| {fmt(p['p99_ms'])} | {fmt(row['ratio'], 2)}× | {verdict} |")
+                   f"| {fmt(p['p99_ms'])} | {fmt(row['ratio'], 2)}× | {verdict} |"
+                   + (f" {fmt(row.get('python_servers_tput'))} | {fmt(row.get('ratio_servers'), 2)}"
+                      f"{'×' if row.get('ratio_servers') else ''} |" if extra else ""))
     return out
 
 
@@ -442,6 +467,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1,
                    help="ONNX Runtime intra-op threads on both sides (and llama.cpp's -t); processes are pinned to as many CPUs")
+    p.add_argument("--encoder-runners", type=int, default=1,
+                   help="the encoder's model runs at a time (the worker's --encoder-runners), each with "
+                        "threads / runners intra-op threads; above 1 the Python baseline also runs with as "
+                        "many server threads (one session each) for comparison")
     p.add_argument("--repeats", type=int, default=3, help="runs of each side; the table shows medians")
     p.add_argument("--sentences", type=int, default=256, help="texts in the embedding corpus")
     p.add_argument("--passes", type=int, default=2, help="passes over the corpus per fixed batch size")
@@ -508,6 +537,7 @@ def main() -> int:
             corpus_path.write_text(json.dumps(corpus))
             model_path = str(REPO / corpus["model_file"]["path"])
             spec = {"corpus": str(corpus_path), "model": model_path, "threads": args.threads,
+                    "servers": [1] + ([args.encoder_runners] if args.encoder_runners > 1 else []),
                     "opt_level": args.python_opt_level, "batches": args.batches, "passes": args.passes,
                     "clients": args.clients, "duration": args.duration, "warmup": args.warmup}
             rust_cmd = [str(binary), "embed", *common_flags(args), "--sentences", str(args.sentences),
@@ -534,7 +564,7 @@ def main() -> int:
             parity = median([r.get("parity_max_abs_diff") for r in py_runs])
             session = rust_runs[0]["session"]
             lengths = corpus["lengths"]
-            table = embed_table(rows, goal)
+            table = embed_table(rows, goal, args.encoder_runners)
             lines_out += ["Embeddings (sentences/s, latency per request):", "", *table, ""]
             method += [
                 f"- embeddings: {MINILM}, `{corpus['model_file']['path']}` ({corpus['model_file']['bytes'] / 1e6:.1f} MB); "
@@ -542,10 +572,15 @@ def main() -> int:
                 f"p90 {lengths['p90']}, max {lengths['max']}); same token ids on both sides (max |Rust − Python| over "
                 f"the corpus vectors: {fmt(parity, 7) if parity is not None else '-'})",
                 f"- Rust: the worker's encoder (`load_model`), max_batch {session['max_batch']}, max_delay "
-                f"{session['max_delay_ms']} ms, from text (tokenization included); seqs/run = sequences per model run",
+                f"{session['max_delay_ms']} ms, {args.encoder_runners} runner(s) "
+                f"({max(1, args.threads // args.encoder_runners)} intra-op thread(s) each), from text "
+                "(tokenization included); seqs/run = sequences per model run",
                 "- Python: batch B = the corpus in its original order in requests of B, each padded to its longest "
                 "(no length sorting); C clients = one server thread running one request at a time (batch 1) for C "
-                "closed-loop client threads; token ids given (no tokenization)",
+                "closed-loop client threads; token ids given (no tokenization)"
+                + (f"; 'Python, {args.encoder_runners} servers' = {args.encoder_runners} such server threads on "
+                   f"one queue, each with its own session of {max(1, args.threads // args.encoder_runners)} "
+                   "thread(s)" if args.encoder_runners > 1 else ""),
                 f"- fixed batches: {args.passes} passes over the corpus after one warm-up request; concurrent: "
                 f"{args.duration:g} s measured after {args.warmup:g} s warm-up, completions inside the window",
             ]

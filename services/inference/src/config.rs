@@ -65,6 +65,15 @@ pub struct Config {
     #[arg(long, env = "INFERENCE_THREADS", default_value_t = 0)]
     pub threads: usize,
 
+    /// Encoder models (embeddings, zero-shot): model runs at the same time, each on a
+    /// session of its own with its share of `--threads` (at least one each). One runner
+    /// with every thread answers a lone request fastest; two runners with one thread
+    /// each serve more sentences per second under concurrent load (loadtest/RESULTS.md),
+    /// for one more copy of the model in memory. Generation models ignore it.
+    #[arg(long, env = "INFERENCE_ENCODER_RUNNERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub encoder_runners: u16,
+
     /// Requests taken from the stream at once (0: twice the model's `max_batch`).
     #[arg(long, env = "INFERENCE_CONCURRENCY", default_value_t = 0)]
     pub concurrency: usize,

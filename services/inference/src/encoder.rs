@@ -1,17 +1,21 @@
 //! Sentence encoders (all-MiniLM-L6-v2): embeddings and zero-shot classification, with
 //! dynamic batching.
 //!
-//! One thread owns the ONNX Runtime session. Requests queue on a channel; the thread
-//! takes the first and whatever else is queued, waits up to `max_delay` for others
-//! until `max_batch` sequences are gathered (only while requests have been coming
-//! together: see [`WAIT_FOR_COMPANY`]), sorts the sequences by length, splits them
-//! into model runs of similar lengths ([`plan_runs`]: padding a short sentence to a
-//! long one's length costs more than a run of its own), pads each run to its own
-//! longest sequence, runs it, mean-pools over the attention mask and L2-normalises.
-//! Each request is answered as soon as its last sequence is done (short ones first).
+//! Requests queue on one channel. Each *runner* thread owns an ONNX Runtime session
+//! (one runner by default; `--encoder-runners` starts more, each with its share of the
+//! instance's threads). An idle runner takes the queue, takes the first request and
+//! whatever else is queued, waits up to `max_delay` for others until `max_batch`
+//! sequences are gathered (only while requests have been coming together: see
+//! [`WAIT_FOR_COMPANY`]), hands the queue to the next idle runner, sorts the sequences
+//! by length, splits them into model runs of similar lengths ([`plan_runs`]: padding a
+//! short sentence to a long one's length costs more than a run of its own), pads each
+//! run to its own longest sequence, runs it, mean-pools over the attention mask and
+//! L2-normalises. Each request is answered as soon as its last sequence is done (short
+//! ones first). With several runners, what arrives while one runs is gathered and run
+//! by another at the same time.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use ndarray::{Array2, ArrayView3};
@@ -48,7 +52,7 @@ pub struct Batching {
 /// anyway. A single sequential caller stops paying the delay after about ten requests.
 const WAIT_FOR_COMPANY: f64 = 0.1;
 
-/// Handle to the encoder thread; cheap to clone.
+/// Handle to the encoder's runner threads; cheap to clone.
 #[derive(Clone)]
 pub struct Encoder {
     jobs: mpsc::Sender<Job>,
@@ -82,24 +86,34 @@ pub fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer, Strin
 }
 
 impl Encoder {
-    /// Starts the encoder thread, which owns `session` until every handle is dropped.
+    /// Starts one runner thread per session; they own the sessions until every handle
+    /// is dropped. The sessions are alike (the same model), each with its share of
+    /// the threads.
     pub fn start(
-        session: Session,
+        sessions: Vec<Session>,
         tokenizer: Tokenizer,
         batching: Batching,
         metrics: Metrics,
     ) -> Result<Self, String> {
+        if sessions.is_empty() {
+            return Err("the encoder needs at least one session".into());
+        }
         let (jobs, rx) = mpsc::channel::<Job>();
-        let mut engine = Engine {
-            session,
-            tokenizer,
-            batching,
-            metrics,
-        };
-        std::thread::Builder::new()
-            .name("encoder".into())
-            .spawn(move || engine.serve(&rx))
-            .map_err(|e| format!("cannot start the encoder thread: {e}"))?;
+        let queue = Arc::new(Mutex::new(Queue { rx, company: 1.0 }));
+        let tokenizer = Arc::new(tokenizer);
+        for (i, session) in sessions.into_iter().enumerate() {
+            let mut engine = Engine {
+                session,
+                tokenizer: Arc::clone(&tokenizer),
+                batching,
+                metrics: metrics.clone(),
+            };
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("encoder-{i}"))
+                .spawn(move || engine.serve(&queue))
+                .map_err(|e| format!("cannot start the encoder thread: {e}"))?;
+        }
         Ok(Self { jobs })
     }
 
@@ -119,25 +133,38 @@ impl Encoder {
     }
 }
 
-struct Engine {
-    session: Session,
-    tokenizer: Tokenizer,
-    batching: Batching,
-    metrics: Metrics,
+/// The request queue, taken by one idle runner at a time.
+struct Queue {
+    rx: mpsc::Receiver<Job>,
+    /// How often recent batches had more than one request (moving average). Waiting
+    /// `max_delay` for others pays only when requests come together; a lone caller
+    /// would pay it on every request for nothing.
+    company: f64,
 }
 
-impl Engine {
-    fn serve(&mut self, rx: &mpsc::Receiver<Job>) {
-        // How often recent batches had more than one request (moving average). Waiting
-        // `max_delay` for others pays only when requests come together; a lone caller
-        // would pay it on every request for nothing.
-        let mut company = 1.0f64;
-        while let Ok(first) = rx.recv() {
-            let mut sequences = first.texts.len();
-            let mut jobs = vec![first];
-            // What is queued already (it arrived while the last batch ran) joins at once.
-            while sequences < self.batching.max_batch {
-                match rx.try_recv() {
+impl Queue {
+    /// The next batch of requests: the first to come, whatever else is queued, and —
+    /// while requests have been coming together — what arrives within `max_delay`,
+    /// up to `max_batch` sequences. None once every handle is dropped.
+    fn gather(&mut self, batching: Batching) -> Option<Vec<Job>> {
+        let first = self.rx.recv().ok()?;
+        let mut sequences = first.texts.len();
+        let mut jobs = vec![first];
+        // What is queued already (it arrived while the last batch ran) joins at once.
+        while sequences < batching.max_batch {
+            match self.rx.try_recv() {
+                Ok(job) => {
+                    sequences += job.texts.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        if self.company >= WAIT_FOR_COMPANY {
+            let window_end = Instant::now() + batching.max_delay;
+            while sequences < batching.max_batch {
+                let left = window_end.saturating_duration_since(Instant::now());
+                match self.rx.recv_timeout(left) {
                     Ok(job) => {
                         sequences += job.texts.len();
                         jobs.push(job);
@@ -145,21 +172,30 @@ impl Engine {
                     Err(_) => break,
                 }
             }
-            if company >= WAIT_FOR_COMPANY {
-                let window_end = Instant::now() + self.batching.max_delay;
-                while sequences < self.batching.max_batch {
-                    let left = window_end.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(left) {
-                        Ok(job) => {
-                            sequences += job.texts.len();
-                            jobs.push(job);
-                        }
-                        Err(_) => break,
-                    }
-                }
-            }
-            let together = if jobs.len() > 1 { 1.0 } else { 0.0 };
-            company = 0.8 * company + 0.2 * together;
+        }
+        let together = if jobs.len() > 1 { 1.0 } else { 0.0 };
+        self.company = 0.8 * self.company + 0.2 * together;
+        Some(jobs)
+    }
+}
+
+/// One runner: a session of its own.
+struct Engine {
+    session: Session,
+    tokenizer: Arc<Tokenizer>,
+    batching: Batching,
+    metrics: Metrics,
+}
+
+impl Engine {
+    fn serve(&mut self, queue: &Mutex<Queue>) {
+        loop {
+            // Held while gathering only: the next idle runner gathers while this one runs.
+            let jobs = match queue.lock() {
+                Ok(mut queue) => queue.gather(self.batching),
+                Err(_) => None, // another runner panicked inside `gather`
+            };
+            let Some(jobs) = jobs else { return };
             let started = Instant::now();
             for job in &jobs {
                 self.metrics

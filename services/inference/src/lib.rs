@@ -86,11 +86,6 @@ pub fn load_model(config: &Config, metrics: &metrics::Metrics) -> Result<LoadedM
     })?;
     let dir = config.models_dir.join(&open.dir);
     let env = runtime::init(&config.ort_lib)?;
-    let session_config = runtime::SessionConfig {
-        providers: config.execution_providers.clone(),
-        trt_cache_dir: config.trt_cache_dir.clone(),
-        threads: config.threads,
-    };
     let tokenizer_path = dir.join(&open.tokenizer_file);
     // Check the small files first: a missing one is reported before a slow load.
     let tokenizer = encoder::load_tokenizer(&tokenizer_path, open.max_input_tokens.max(1))
@@ -101,42 +96,37 @@ pub fn load_model(config: &Config, metrics: &metrics::Metrics) -> Result<LoadedM
         }
         _ => None,
     };
-    let loaded = runtime::load(&env, &session_config, &dir.join(&open.model_file))?;
-    metrics
-        .execution_provider
-        .get_or_create(&metrics::ProviderLabels {
-            provider: loaded.provider.to_string(),
-        })
-        .set(1);
-    let engine = match (open.engine, generation) {
-        (EngineKind::Encoder, _) => Engine::Encoder(
-            encoder::Encoder::start(
-                loaded.session,
-                tokenizer,
-                encoder::Batching {
-                    max_batch: open.max_batch,
-                    max_delay: Duration::from_millis(open.max_delay_ms),
-                },
-                metrics.clone(),
-            )
-            .map_err(Error::Model)?,
-        ),
+    let (engine, provider) = match (open.engine, generation) {
+        (EngineKind::Encoder, _) => {
+            let batching = encoder::Batching {
+                max_batch: open.max_batch,
+                max_delay: Duration::from_millis(open.max_delay_ms),
+            };
+            let (encoder, provider) =
+                start_encoder(&env, config, &open, tokenizer, batching, metrics)?;
+            (Engine::Encoder(encoder), provider)
+        }
         (EngineKind::Decoder, Some(generation)) => {
+            let loaded = runtime::load(
+                &env,
+                &session_config(config, config.threads),
+                &dir.join(&open.model_file),
+            )?;
+            set_provider_metric(metrics, loaded.provider);
             // Decoding needs the whole prompt: no truncation.
             let mut tokenizer = tokenizer;
             tokenizer
                 .with_truncation(None)
                 .map_err(|e| Error::Model(e.to_string()))?;
-            Engine::Decoder(
-                decoder::Decoder::start(
-                    loaded.session,
-                    tokenizer,
-                    generation,
-                    open.max_batch,
-                    metrics.clone(),
-                )
-                .map_err(Error::Model)?,
+            let decoder = decoder::Decoder::start(
+                loaded.session,
+                tokenizer,
+                generation,
+                open.max_batch,
+                metrics.clone(),
             )
+            .map_err(Error::Model)?;
+            (Engine::Decoder(decoder), loaded.provider)
         }
         (EngineKind::Decoder, None) => {
             return Err(Error::Model(format!(
@@ -149,8 +139,83 @@ pub fn load_model(config: &Config, metrics: &metrics::Metrics) -> Result<LoadedM
         id: config.model.clone(),
         open,
         engine,
-        provider: loaded.provider,
+        provider,
     })
+}
+
+/// Loads an encoder model once per runner (`--encoder-runners`, each session with its
+/// share of the threads) and starts the runners with `batching`. Returns the encoder
+/// and the execution provider its sessions run on. `load_model` uses it with the
+/// catalog's batching; the benchmark with its own.
+pub fn start_encoder(
+    env: &ort::environment::Environment,
+    config: &Config,
+    open: &OpenModel,
+    tokenizer: tokenizers::Tokenizer,
+    batching: encoder::Batching,
+    metrics: &metrics::Metrics,
+) -> Result<(encoder::Encoder, &'static str), Error> {
+    let runners = usize::from(config.encoder_runners.max(1));
+    let session_config = session_config(config, threads_per_runner(config.threads, runners));
+    let path = config.models_dir.join(&open.dir).join(&open.model_file);
+    let mut sessions = Vec::with_capacity(runners);
+    let mut provider = None;
+    for _ in 0..runners {
+        let loaded = runtime::load(env, &session_config, &path)?;
+        if provider.is_some_and(|p| p != loaded.provider) {
+            return Err(Error::Model(format!(
+                "the encoder's sessions came up on different execution providers ({} and {})",
+                provider.unwrap_or_default(),
+                loaded.provider
+            )));
+        }
+        provider = Some(loaded.provider);
+        sessions.push(loaded.session);
+    }
+    let provider = provider.unwrap_or("CPUExecutionProvider");
+    set_provider_metric(metrics, provider);
+    if runners > 1 {
+        tracing::info!(
+            runners,
+            threads_each = session_config.threads,
+            "encoder runs {runners} model runs at a time"
+        );
+    }
+    let encoder = encoder::Encoder::start(sessions, tokenizer, batching, metrics.clone())
+        .map_err(Error::Model)?;
+    Ok((encoder, provider))
+}
+
+fn session_config(config: &Config, threads: usize) -> runtime::SessionConfig {
+    runtime::SessionConfig {
+        providers: config.execution_providers.clone(),
+        trt_cache_dir: config.trt_cache_dir.clone(),
+        threads,
+    }
+}
+
+/// Intra-op threads of each of `runners` sessions: the instance's `threads` (0: one
+/// per core) shared out, at least one each. A single runner keeps `threads` as given
+/// (0 stays ONNX Runtime's own default).
+fn threads_per_runner(threads: usize, runners: usize) -> usize {
+    if runners <= 1 {
+        return threads;
+    }
+    let total = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    } else {
+        threads
+    };
+    (total / runners).max(1)
+}
+
+fn set_provider_metric(metrics: &metrics::Metrics, provider: &str) {
+    metrics
+        .execution_provider
+        .get_or_create(&metrics::ProviderLabels {
+            provider: provider.to_string(),
+        })
+        .set(1);
 }
 
 /// Loads the model, connects, serves `/healthz` and `/metrics` on `config.bind`, and
@@ -288,5 +353,26 @@ async fn report_every_period(reporter: &mut usage::Reporter) -> std::convert::In
     loop {
         every.tick().await;
         reporter.tick().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::threads_per_runner;
+
+    #[test]
+    fn runners_share_the_threads_at_least_one_each() {
+        assert_eq!(
+            threads_per_runner(0, 1),
+            0,
+            "one runner keeps ONNX Runtime's default"
+        );
+        assert_eq!(threads_per_runner(4, 1), 4);
+        assert_eq!(threads_per_runner(4, 2), 2);
+        assert_eq!(threads_per_runner(5, 2), 2);
+        assert_eq!(threads_per_runner(1, 2), 1);
+        assert_eq!(threads_per_runner(2, 8), 1);
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(threads_per_runner(0, 2), (cores / 2).max(1));
     }
 }

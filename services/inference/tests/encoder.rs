@@ -16,7 +16,13 @@ use switchyard_inference::metrics::Metrics;
 use switchyard_inference::{Engine, load_model};
 
 fn encoder() -> (Encoder, &'static str) {
-    let model = load_model(&common::config(common::MINILM), &Metrics::default()).unwrap();
+    encoder_with_runners(1)
+}
+
+fn encoder_with_runners(runners: u16) -> (Encoder, &'static str) {
+    let mut config = common::config(common::MINILM);
+    config.encoder_runners = runners;
+    let model = load_model(&config, &Metrics::default()).unwrap();
     match model.engine {
         Engine::Encoder(e) => (e, model.provider),
         Engine::Decoder(_) => panic!("MiniLM loaded as a decoder"),
@@ -58,7 +64,16 @@ async fn embeddings_are_unit_vectors_that_track_meaning() {
 
 #[tokio::test]
 async fn concurrent_requests_get_their_own_vectors() {
-    let (encoder, _) = encoder();
+    concurrent_requests_get_their_own_vectors_with(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_get_their_own_vectors_from_two_runners() {
+    concurrent_requests_get_their_own_vectors_with(2).await;
+}
+
+async fn concurrent_requests_get_their_own_vectors_with(runners: u16) {
+    let (encoder, _) = encoder_with_runners(runners);
     let texts: Vec<String> = (0..40)
         .map(|i| {
             format!(

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use switchyard_inference::decoder::{Decoder, GenEvent, GenRequest, Sampling};
 use switchyard_inference::encoder::{self, Batching, Encoder};
 use switchyard_inference::metrics::Metrics;
-use switchyard_inference::{Config, Engine, load_model, runtime};
+use switchyard_inference::{Config, Engine, load_model, runtime, start_encoder};
 
 const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
 const SMOLLM: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
@@ -72,6 +72,11 @@ struct Common {
     /// Give the Python baseline the same number, and pin both to as many CPUs.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+
+    /// Encoder model runs at a time, as the worker's `--encoder-runners` (each session
+    /// gets `--threads` / runners intra-op threads).
+    #[arg(long, default_value_t = 1)]
+    encoder_runners: u16,
 
     /// Execution providers to try, in order (as the worker's flag). Only `cpu` runs on
     /// a build without the `gpu` feature.
@@ -255,6 +260,8 @@ fn config(common: &Common, default_model: &str) -> Result<Config> {
         providers.into(),
         "--threads".into(),
         threads.into(),
+        "--encoder-runners".into(),
+        common.encoder_runners.to_string().into(),
     ];
     Config::try_parse_from(args).map_err(|e| anyhow!("building the worker configuration: {e}"))
 }
@@ -278,6 +285,7 @@ fn session_json(config: &Config, provider: &str) -> Value {
     json!({
         "model": config.model,
         "threads": config.threads,
+        "encoder_runners": config.encoder_runners,
         "execution_provider": provider,
         "ort_lib": config.ort_lib.display().to_string(),
     })
@@ -428,25 +436,13 @@ fn load_encoder(
         max_batch: max_batch.unwrap_or(open.max_batch).max(1),
         max_delay: Duration::from_millis(max_delay_ms.unwrap_or(open.max_delay_ms)),
     };
-    let dir = config.models_dir.join(&open.dir);
     let env = runtime::init(&config.ort_lib)?;
-    let loaded = runtime::load(
-        &env,
-        &runtime::SessionConfig {
-            providers: config.execution_providers.clone(),
-            trt_cache_dir: config.trt_cache_dir.clone(),
-            threads: config.threads,
-        },
-        &dir.join(&open.model_file),
-    )?;
     let tokenizer = encoder::load_tokenizer(
-        &dir.join(&open.tokenizer_file),
+        &config.models_dir.join(&open.dir).join(&open.tokenizer_file),
         open.max_input_tokens.max(1),
     )
     .map_err(|e| anyhow!(e))?;
-    let provider = loaded.provider;
-    let encoder = Encoder::start(loaded.session, tokenizer, batching, metrics.clone())
-        .map_err(|e| anyhow!(e))?;
+    let (encoder, provider) = start_encoder(&env, config, open, tokenizer, batching, &metrics)?;
     let mut session = session_json(config, provider);
     session["max_batch"] = json!(batching.max_batch);
     session["max_delay_ms"] = json!(batching.max_delay.as_millis() as u64);
