@@ -34,6 +34,26 @@ pub struct RequestEnvelope {
     /// Absent: only `deadline` applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_by: Option<DateTime<Utc>>,
+    /// A worker that finds the request *stored* in the stream after this instant (plus
+    /// [`ENQUEUE_GRACE_MS`] for clock skew) drops it unrun: the ingress stopped waiting
+    /// for JetStream's acknowledgement at this instant and told the caller to retry
+    /// (503). Without it, a publish the NATS client held while the server was away
+    /// would reach the stream after its caller's retry, and run twice. Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enqueue_by: Option<DateTime<Utc>>,
+}
+
+/// Slack a worker allows between an envelope's `enqueue_by` (the ingress's clock) and
+/// the stream's timestamp of the message (the server's clock) before dropping it.
+pub const ENQUEUE_GRACE_MS: i64 = 1_000;
+
+impl RequestEnvelope {
+    /// Whether the stream stored this request (at `stored`, the server's timestamp) after
+    /// the ingress had given up on its acknowledgement ([`RequestEnvelope::enqueue_by`]).
+    pub fn enqueued_too_late(&self, stored: DateTime<Utc>) -> bool {
+        self.enqueue_by
+            .is_some_and(|by| stored > by + chrono::Duration::milliseconds(ENQUEUE_GRACE_MS))
+    }
 }
 
 /// Where a worker sends the answer.

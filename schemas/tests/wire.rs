@@ -101,6 +101,7 @@ fn sample_envelope() -> RequestEnvelope {
             ciphertext: vec![1, 2, 3, 4, 5, 250, 251],
         },
         start_by: None,
+        enqueue_by: None,
     }
 }
 
@@ -331,4 +332,27 @@ fn json_schema_names_every_field() {
             "{field} missing from {required:?}"
         );
     }
+}
+
+#[test]
+fn a_request_stored_after_its_enqueue_by_and_the_grace_is_too_late() {
+    let by = Utc.with_ymd_and_hms(2026, 11, 22, 1, 2, 8).unwrap();
+    let grace = chrono::Duration::milliseconds(schemas::envelope::ENQUEUE_GRACE_MS);
+    let ms = chrono::Duration::milliseconds;
+    let limited = RequestEnvelope {
+        enqueue_by: Some(by),
+        ..sample_envelope()
+    };
+    assert!(!limited.enqueued_too_late(by - ms(300)));
+    assert!(
+        !limited.enqueued_too_late(by + grace),
+        "clock skew within the grace"
+    );
+    assert!(limited.enqueued_too_late(by + grace + ms(1)));
+    // No limit (batch work, hand-offs, older ingresses): never too late.
+    assert!(!sample_envelope().enqueued_too_late(by + ms(3_600_000)));
+    // Old envelopes without the field still decode.
+    let bytes = schemas::encode(&sample_envelope()).unwrap();
+    let decoded: RequestEnvelope = schemas::decode(&bytes).unwrap();
+    assert_eq!(decoded.enqueue_by, None);
 }

@@ -517,6 +517,7 @@ impl Router {
             model: request.request.model.clone(),
             body,
             start_by: None,
+            enqueue_by: None,
         };
         let payload = schemas::encode(&envelope).map_err(|e| e.to_string())?;
         let mut headers = async_nats::HeaderMap::new();

@@ -319,7 +319,7 @@ async fn handle(
     let body = routes::read_body(state, body)?;
     let job = normalize(openai::parse_json(&body)?)?;
     let count = job.inputs.len();
-    let prepared = routes::prepare(
+    let mut prepared = routes::prepare(
         state,
         headers,
         job.request,
@@ -337,7 +337,7 @@ async fn handle(
             mut registration,
             first,
             mut cancel,
-        } = routes::dispatch(state, &prepared, ROUTE, started).await?;
+        } = routes::dispatch(state, &mut prepared, ROUTE, started).await?;
         let headers = routes::answer_headers(prepared.request_id, &first);
         let provider = first.provider.clone();
         let reply = routes::collect_output(&mut registration, first, prepared.deadline).await?;

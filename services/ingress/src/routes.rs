@@ -189,7 +189,7 @@ async fn handle_chat(
     let body = read_body(state, body)?;
     let normalized = openai::normalize(openai::parse_body(&body)?)?;
     let include_usage = normalized.include_usage;
-    let prepared = prepare(state, headers, normalized.request, None, account)?;
+    let mut prepared = prepare(state, headers, normalized.request, None, account)?;
     let span = tracing::info_span!(
         "chat",
         request_id = %prepared.request_id,
@@ -201,7 +201,7 @@ async fn handle_chat(
             mut registration,
             first,
             mut cancel,
-        } = dispatch(state, &prepared, "chat_completions", started).await?;
+        } = dispatch(state, &mut prepared, "chat_completions", started).await?;
         let context = ReplyContext {
             id: format!("chatcmpl-{}", prepared.request_id.simple()),
             created: prepared.created_at.timestamp(),
@@ -470,6 +470,7 @@ pub(crate) fn prepare(
         model: model.clone(),
         body,
         start_by: None,
+        enqueue_by: None,
     };
     Ok(Prepared {
         request_id,
@@ -548,7 +549,7 @@ pub(crate) struct Dispatched {
 /// answer's status. `route` labels the first-chunk latency metric.
 pub(crate) async fn dispatch(
     state: &AppState,
-    prepared: &Prepared,
+    prepared: &mut Prepared,
     route: &str,
     started: Instant,
 ) -> Result<Dispatched, ApiError> {
@@ -560,20 +561,20 @@ pub(crate) async fn dispatch(
         Some(run) => crate::clusters::before_publish(state, run, prepared.deadline).await,
         None => None,
     };
-    let payload = match &cold {
-        None => schemas::encode(&prepared.envelope),
-        Some(cold) => schemas::encode(&RequestEnvelope {
-            start_by: Some(cold.start_by),
-            ..prepared.envelope.clone()
-        }),
-    }
-    .map_err(internal)?;
+    // The publish has until `enqueue_by` to be acknowledged; a worker drops the request
+    // if the stream stored it later than that (the caller was told to retry by then).
+    let publish_timeout = state.config.publish_timeout();
+    let enqueue_by = Utc::now() + chrono::Duration::from_std(publish_timeout).map_err(internal)?;
+    prepared.envelope.enqueue_by = Some(enqueue_by);
+    prepared.envelope.start_by = cold.as_ref().map(|cold| cold.start_by);
+    let payload = schemas::encode(&prepared.envelope).map_err(internal)?;
     publish(
         state,
         &prepared.subject,
         prepared.request_id,
         Bytes::from(payload),
         prepared.traceparent.as_deref(),
+        TokioInstant::now() + publish_timeout,
     )
     .await?;
     // From here on a worker may be running it: if the caller goes away (this future
@@ -671,13 +672,16 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// JetStream publish with an awaited PubAck; `Nats-Msg-Id` deduplicates retries.
+/// JetStream publish with an awaited PubAck by `ack_by` (handing the message to the
+/// NATS client included: it may be holding messages while the server is away);
+/// `Nats-Msg-Id` deduplicates retries.
 async fn publish(
     state: &AppState,
     subject: &str,
     id: Uuid,
     payload: Bytes,
     traceparent: Option<&str>,
+    ack_by: TokioInstant,
 ) -> Result<(), ApiError> {
     let unavailable = |e: &dyn std::fmt::Display| {
         tracing::warn!(error = %e, "cannot queue request");
@@ -694,14 +698,17 @@ async fn publish(
     if let Some(tp) = traceparent {
         message = message.header(schemas::headers::TRACEPARENT, tp);
     }
-    let ack = state
-        .js
-        .send_publish(subject.to_string(), message)
-        .await
-        .map_err(|e| unavailable(&e))?;
-    match tokio::time::timeout(state.config.publish_timeout(), ack).await {
+    let acked = async {
+        let ack = state
+            .js
+            .send_publish(subject.to_string(), message)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        ack.await.map_err(|e| unavailable(&e))
+    };
+    match tokio::time::timeout_at(ack_by, acked).await {
         Ok(Ok(_ack)) => Ok(()),
-        Ok(Err(e)) => Err(unavailable(&e)),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(unavailable(
             &"timed out waiting for the JetStream acknowledgement",
         )),

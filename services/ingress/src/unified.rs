@@ -657,7 +657,7 @@ async fn handle(
     };
     let Job { request, task } = normalize(model_id, openai::parse_json(&body)?, served)?;
     let expected = task.as_ref().map(Expected::of);
-    let prepared = routes::prepare(state, headers, request, task, account)?;
+    let mut prepared = routes::prepare(state, headers, request, task, account)?;
     let span = tracing::info_span!(
         "unified",
         request_id = %prepared.request_id,
@@ -669,7 +669,7 @@ async fn handle(
             mut registration,
             first,
             mut cancel,
-        } = routes::dispatch(state, &prepared, ROUTE, started).await?;
+        } = routes::dispatch(state, &mut prepared, ROUTE, started).await?;
         let headers = routes::answer_headers(prepared.request_id, &first);
         if let Some(expected) = expected {
             let provider = first.provider.clone();

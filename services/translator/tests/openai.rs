@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use schemas::{ErrorKind, FinishReason, ReplyChunk, SealedRequest};
 use switchyard_loadtest::mock::openai::MockConfig;
 
@@ -157,6 +157,49 @@ async fn expired_requests_are_dropped_not_run() {
     assert_eq!(chunks.len(), 1);
     assert_eq!(chunks[0].error.as_ref().unwrap().kind, ErrorKind::Timeout);
     assert_eq!(content(&chunks), "");
+}
+
+#[tokio::test]
+async fn a_request_stored_after_the_ingress_gave_up_is_dropped_unrun() {
+    // The ingress told its caller 503 at `enqueue_by` (no PubAck in time); the NATS
+    // client still delivered the publish later. Running it would call the provider for
+    // nobody, and again for the caller's retry.
+    let h = start(MockConfig::default()).await;
+    let sealed = |text: &str| SealedRequest {
+        request: request("openai/gpt-4o-mini", text, false),
+        provider_key: Some(PROVIDER_KEY.into()),
+        provider_keys: Default::default(),
+        task: None,
+    };
+    let now = chrono::Utc::now();
+    let (late_request, timely_request) = (sealed("late"), sealed("timely"));
+    let publish = |sealed, enqueue_by| {
+        switchyard_worker::testing::publish_request_with(
+            &h.client,
+            &h.seal,
+            "dev",
+            sealed,
+            chrono::Duration::seconds(30),
+            Some(enqueue_by),
+        )
+    };
+    let (_, mut late) = publish(&late_request, now - chrono::Duration::seconds(5))
+        .await
+        .unwrap();
+    // Within its limit (as every request the ingress publishes normally is): it runs.
+    let (_, mut timely) = publish(&timely_request, now + chrono::Duration::seconds(5))
+        .await
+        .unwrap();
+    let answer = switchyard_worker::testing::next_chunk(&mut timely, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(answer.error, None);
+    assert_eq!(h.pending().await, 0, "both messages acked");
+    assert!(
+        late.next().now_or_never().is_none(),
+        "the late request was answered"
+    );
+    assert_eq!(h.metric("translator_expired_total ").await, Some(1.0));
 }
 
 #[tokio::test]

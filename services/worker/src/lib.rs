@@ -335,6 +335,16 @@ impl Intake {
             let _ = message.ack().await;
             return None;
         }
+        if let Ok(info) = message.info()
+            && envelope.enqueued_too_late(stored_at(&info))
+        {
+            // The NATS client held the publish while the server was away, and the
+            // ingress had answered 503 before the stream stored it: the caller retries.
+            self.expired.inc();
+            tracing::info!(request_id = %envelope.request_id, "stored after the ingress gave up on it; dropped unrun");
+            let _ = message.ack().await;
+            return None;
+        }
         if envelope.deadline < Utc::now() {
             self.expired.inc();
             tracing::info!(request_id = %envelope.request_id, "deadline passed before the request was run; dropped");
@@ -449,6 +459,8 @@ impl Intake {
         let handed = RequestEnvelope {
             model: next.clone(),
             body,
+            // Stored now, long after the ingress's publish: that limit was for it alone.
+            enqueue_by: None,
             ..envelope.clone()
         };
         let payload = schemas::encode(&handed).map_err(|e| e.to_string())?;
@@ -601,6 +613,12 @@ pub enum Supervised<T> {
     Cancelled,
     /// The request's deadline passed first.
     DeadlinePassed,
+}
+
+/// When the stream stored a message (the server's timestamp).
+fn stored_at(info: &jetstream::message::Info<'_>) -> chrono::DateTime<Utc> {
+    let nanos = i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+    chrono::DateTime::from_timestamp_nanos(nanos)
 }
 
 /// Runs `work` while marking `message` in progress every [`PROGRESS_EVERY`], until it

@@ -20,6 +20,19 @@ pub async fn publish_request(
     sealed: &SealedRequest,
     deadline_in: chrono::Duration,
 ) -> Result<(Uuid, async_nats::Subscriber), String> {
+    publish_request_with(client, seal, account, sealed, deadline_in, None).await
+}
+
+/// Like [`publish_request`], with the envelope's `enqueue_by` (when the ingress stops
+/// waiting for the stream's acknowledgement).
+pub async fn publish_request_with(
+    client: &async_nats::Client,
+    seal: &SealKey,
+    account: &str,
+    sealed: &SealedRequest,
+    deadline_in: chrono::Duration,
+    enqueue_by: Option<chrono::DateTime<Utc>>,
+) -> Result<(Uuid, async_nats::Subscriber), String> {
     let model = sealed.request.model.clone();
     let subject = match subjects::route_model(&model).map_err(|e| e.to_string())? {
         ModelRoute::Closed { provider, .. } => subjects::closed_request(provider),
@@ -44,6 +57,7 @@ pub async fn publish_request(
         model,
         body: seal.seal(id, &plain).map_err(|e| e.to_string())?,
         start_by: None,
+        enqueue_by,
     };
     jetstream::new(client.clone())
         .send_publish(

@@ -66,6 +66,8 @@ async fn a_closed_request_goes_on_to_its_open_fallback_with_its_keys() {
             .seal(request_id, &schemas::encode(&sealed).unwrap())
             .unwrap(),
         start_by: None,
+        // The ingress's limit for its own publish, passed long before the hand-off.
+        enqueue_by: Some(now - chrono::Duration::seconds(60)),
     };
     let rest = sealed.request.fallback_models.clone();
     intake
@@ -95,6 +97,10 @@ async fn a_closed_request_goes_on_to_its_open_fallback_with_its_keys() {
     assert_eq!(handed.model, open);
     assert_eq!(handed.reply, envelope.reply);
     assert_eq!(handed.deadline, envelope.deadline);
+    assert_eq!(
+        handed.enqueue_by, None,
+        "the hand-off is not held to the ingress's limit"
+    );
     let opened: SealedRequest =
         schemas::decode(&seal.open(request_id, &handed.body).unwrap()).unwrap();
     assert_eq!(opened.request.model, open);

@@ -38,6 +38,7 @@ fn envelope(account: &str) -> RequestEnvelope {
             ciphertext: Vec::new(),
         },
         start_by: None,
+        enqueue_by: None,
     }
 }
 
