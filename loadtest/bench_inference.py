@@ -467,10 +467,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1,
                    help="ONNX Runtime intra-op threads on both sides (and llama.cpp's -t); processes are pinned to as many CPUs")
-    p.add_argument("--encoder-runners", type=int, default=1,
+    p.add_argument("--encoder-runners", type=int, default=0,
                    help="the encoder's model runs at a time (the worker's --encoder-runners), each with "
-                        "threads / runners intra-op threads; above 1 the Python baseline also runs with as "
-                        "many server threads (one session each) for comparison")
+                        "threads / runners intra-op threads; 0 (default): the worker's default, two with "
+                        "--threads 2 or more, else one. Above 1 the Python baseline also runs with as many "
+                        "server threads (one session each) for comparison")
     p.add_argument("--repeats", type=int, default=3, help="runs of each side; the table shows medians")
     p.add_argument("--sentences", type=int, default=256, help="texts in the embedding corpus")
     p.add_argument("--passes", type=int, default=2, help="passes over the corpus per fixed batch size")
@@ -508,6 +509,8 @@ def main() -> int:
         return 0
 
     args.batches = [int(x) for x in args.batches.split(",") if x.strip()]
+    # What the worker's --encoder-runners 0 means on the CPU (services/inference/src/lib.rs).
+    args.encoder_runners = args.encoder_runners or (2 if args.threads >= 2 else 1)
     args.clients = [int(x) for x in args.clients.split(",") if x.strip()]
     if bool(args.llama_bench) != bool(args.gguf):
         raise SystemExit("--llama-bench and --gguf go together")

@@ -66,12 +66,14 @@ pub struct Config {
     pub threads: usize,
 
     /// Encoder models (embeddings, zero-shot): model runs at the same time, each on a
-    /// session of its own with its share of `--threads` (at least one each). One runner
-    /// with every thread answers a lone request fastest; two runners with one thread
-    /// each serve more sentences per second under concurrent load (loadtest/RESULTS.md),
-    /// for one more copy of the model in memory. Generation models ignore it.
-    #[arg(long, env = "INFERENCE_ENCODER_RUNNERS", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// session of its own with its share of `--threads` (at least one each); the runs
+    /// of one batch go side by side. A lone run with every runner idle goes to one more
+    /// session with all the threads, so a single request is not slowed down. More
+    /// sentences per second under concurrent load and for batched requests
+    /// (loadtest/RESULTS.md), for runners + 1 copies of the model in memory. 0: two on
+    /// the CPU provider with at least two threads, else one. Generation models ignore it.
+    #[arg(long, env = "INFERENCE_ENCODER_RUNNERS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
     pub encoder_runners: u16,
 
     /// Requests taken from the stream at once (0: twice the model's `max_batch`).

@@ -3,19 +3,21 @@
 //!
 //! Requests queue on one channel. Each *runner* thread owns an ONNX Runtime session
 //! (one runner by default; `--encoder-runners` starts more, each with its share of the
-//! instance's threads). An idle runner takes the queue, takes the first request and
-//! whatever else is queued, waits up to `max_delay` for others until `max_batch`
-//! sequences are gathered (only while requests have been coming together: see
-//! [`WAIT_FOR_COMPANY`]), hands the queue to the next idle runner, sorts the sequences
-//! by length, splits them into model runs of similar lengths ([`plan_runs`]: padding a
-//! short sentence to a long one's length costs more than a run of its own), pads each
-//! run to its own longest sequence, runs it, mean-pools over the attention mask and
-//! L2-normalises. Each request is answered as soon as its last sequence is done (short
-//! ones first). With several runners, what arrives while one runs is gathered and run
-//! by another at the same time.
+//! instance's threads). A runner with nothing to run, when no other is doing so,
+//! gathers: it takes the first request and whatever else is queued, waits up to
+//! `max_delay` for others until `max_batch` sequences are gathered (only while requests
+//! have been coming together: see [`WAIT_FOR_COMPANY`]), sorts the sequences by length
+//! and splits them into model runs of similar lengths ([`plan_runs`]: padding a short
+//! sentence to a long one's length costs more than a run of its own). Runners take the
+//! planned runs in order — with several runners, the runs of one batch go side by
+//! side — pad each to its own longest sequence, run it, mean-pool over the attention
+//! mask and L2-normalise. Each request is answered as soon as its last sequence is
+//! done (short ones first). A runner gathers again only when no planned run is left,
+//! so what arrives meanwhile waits to be batched.
 
+use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use ndarray::{Array2, ArrayView3};
@@ -88,9 +90,11 @@ pub fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer, Strin
 impl Encoder {
     /// Starts one runner thread per session; they own the sessions until every handle
     /// is dropped. The sessions are alike (the same model), each with its share of
-    /// the threads.
+    /// the threads. `wide`, with several runners: the same model with every thread,
+    /// which runs a batch of one run alone when all runners are idle.
     pub fn start(
         sessions: Vec<Session>,
+        wide: Option<Session>,
         tokenizer: Tokenizer,
         batching: Batching,
         metrics: Metrics,
@@ -99,19 +103,20 @@ impl Encoder {
             return Err("the encoder needs at least one session".into());
         }
         let (jobs, rx) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(Queue { rx, company: 1.0 }));
-        let tokenizer = Arc::new(tokenizer);
+        let shared = Arc::new(Shared {
+            wide: wide.map(Mutex::new),
+            queue: Mutex::new(Queue { rx, company: 1.0 }),
+            work: Mutex::new(Work::default()),
+            changed: Condvar::new(),
+            tokenizer,
+            batching,
+            metrics,
+        });
         for (i, session) in sessions.into_iter().enumerate() {
-            let mut engine = Engine {
-                session,
-                tokenizer: Arc::clone(&tokenizer),
-                batching,
-                metrics: metrics.clone(),
-            };
-            let queue = Arc::clone(&queue);
+            let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name(format!("encoder-{i}"))
-                .spawn(move || engine.serve(&queue))
+                .spawn(move || shared.serve(session))
                 .map_err(|e| format!("cannot start the encoder thread: {e}"))?;
         }
         Ok(Self { jobs })
@@ -133,7 +138,7 @@ impl Encoder {
     }
 }
 
-/// The request queue, taken by one idle runner at a time.
+/// The request queue, read by one runner at a time (the one gathering).
 struct Queue {
     rx: mpsc::Receiver<Job>,
     /// How often recent batches had more than one request (moving average). Waiting
@@ -179,37 +184,181 @@ impl Queue {
     }
 }
 
-/// One runner: a session of its own.
-struct Engine {
-    session: Session,
-    tokenizer: Arc<Tokenizer>,
+/// Model runs planned and not yet taken, and who is gathering the next batch.
+#[derive(Default)]
+struct Work {
+    runs: VecDeque<Run>,
+    /// Runs being executed by runners (not counting one on the wide session).
+    running: usize,
+    gathering: bool,
+    closed: bool,
+}
+
+/// One model run: some sequences of a gathered batch, padded to their longest.
+struct Run {
+    batch: Arc<Batch>,
+    /// Indices into `batch.encodings`.
+    rows: Vec<usize>,
+}
+
+/// A gathered batch: its requests, their tokenized texts, and what is still missing.
+struct Batch {
+    encodings: Vec<tokenizers::Encoding>,
+    /// Per text: its request.
+    owner: Vec<usize>,
+    /// Per request: where its texts start.
+    first: Vec<usize>,
+    answers: Mutex<Answers>,
+}
+
+struct Answers {
+    /// Per request: texts not yet embedded.
+    left: Vec<usize>,
+    /// Per request: its reply, until sent.
+    jobs: Vec<Option<Job>>,
+    vectors: Vec<Vec<f32>>,
+}
+
+impl Batch {
+    /// Records the vectors of `rows` and answers every request now complete.
+    fn done(&self, rows: &[usize], pooled: Vec<Vec<f32>>) {
+        let Ok(mut answers) = self.answers.lock() else {
+            return;
+        };
+        let answers = &mut *answers;
+        for (&i, v) in rows.iter().zip(pooled) {
+            answers.vectors[i] = v;
+            let j = self.owner[i];
+            answers.left[j] -= 1;
+            if answers.left[j] == 0 {
+                self.reply(answers, j);
+            }
+        }
+    }
+
+    /// Answers request `j` with its vectors (all of them are in).
+    fn reply(&self, answers: &mut Answers, j: usize) {
+        if let Some(job) = answers.jobs[j].take() {
+            let range = self.first[j]..self.first[j] + job.texts.len();
+            let tokens = self.encodings[range.clone()]
+                .iter()
+                .map(|e| e.len() as u64)
+                .sum();
+            let vectors = answers.vectors[range]
+                .iter_mut()
+                .map(std::mem::take)
+                .collect();
+            let _ = job.reply.send(Ok(Embedded { vectors, tokens }));
+        }
+    }
+
+    /// Fails every request not answered yet.
+    fn fail(&self, e: &str) {
+        if let Ok(mut answers) = self.answers.lock() {
+            for job in answers.jobs.iter_mut().filter_map(Option::take) {
+                let _ = job.reply.send(Err(e.to_string()));
+            }
+        }
+    }
+}
+
+/// What the runner threads share.
+struct Shared {
+    /// With several runners: a session with every thread, for a run that would
+    /// otherwise leave all but one runner idle (a lone request at low load).
+    wide: Option<Mutex<Session>>,
+    queue: Mutex<Queue>,
+    work: Mutex<Work>,
+    changed: Condvar,
+    tokenizer: Tokenizer,
     batching: Batching,
     metrics: Metrics,
 }
 
-impl Engine {
-    fn serve(&mut self, queue: &Mutex<Queue>) {
+/// What a runner does next.
+enum Next {
+    Run(Run),
+    Gather,
+    Stop,
+}
+
+impl Shared {
+    /// A runner: takes planned runs while there are any; when there are none and no
+    /// other runner is gathering, gathers the next batch and plans its runs (which
+    /// idle runners then take alongside it).
+    fn serve(&self, mut session: Session) {
         loop {
-            // Held while gathering only: the next idle runner gathers while this one runs.
-            let jobs = match queue.lock() {
-                Ok(mut queue) => queue.gather(self.batching),
-                Err(_) => None, // another runner panicked inside `gather`
-            };
-            let Some(jobs) = jobs else { return };
-            let started = Instant::now();
-            for job in &jobs {
-                self.metrics
-                    .queue_delay
-                    .observe(started.duration_since(job.queued).as_secs_f64());
+            match self.next() {
+                Next::Run(run) => {
+                    self.execute(&mut session, run);
+                    if let Ok(mut work) = self.work.lock() {
+                        work.running -= 1;
+                    }
+                }
+                Next::Gather => {
+                    let jobs = self
+                        .queue
+                        .lock()
+                        .ok()
+                        .and_then(|mut q| q.gather(self.batching));
+                    let mut runs = jobs.map(|jobs| self.plan(jobs));
+                    // A lone run while every runner is idle: all the threads serve it
+                    // (the wide session), and nobody else starts until it is done.
+                    if let (Some(wide), Some([_])) = (&self.wide, runs.as_deref())
+                        && self.work.lock().is_ok_and(|work| work.running == 0)
+                        && let Some(run) = runs.as_mut().and_then(Vec::pop)
+                        && let Ok(mut wide) = wide.lock()
+                    {
+                        self.execute(&mut wide, run);
+                    }
+                    let Ok(mut work) = self.work.lock() else {
+                        return;
+                    };
+                    work.gathering = false;
+                    match runs {
+                        Some(runs) => work.runs.extend(runs),
+                        None => work.closed = true,
+                    }
+                    self.changed.notify_all();
+                }
+                Next::Stop => return,
             }
-            self.answer(jobs);
         }
     }
 
-    /// Embeds the texts of `jobs` and answers each job as soon as its last text is
-    /// done. The texts are sorted by length (shortest first) and split into model runs
-    /// by [`plan_runs`], each padded to its own longest text.
-    fn answer(&mut self, jobs: Vec<Job>) {
+    fn next(&self) -> Next {
+        let Ok(mut work) = self.work.lock() else {
+            return Next::Stop;
+        };
+        loop {
+            if let Some(run) = work.runs.pop_front() {
+                work.running += 1;
+                return Next::Run(run);
+            }
+            if work.closed {
+                return Next::Stop;
+            }
+            if !work.gathering {
+                work.gathering = true;
+                return Next::Gather;
+            }
+            work = match self.changed.wait(work) {
+                Ok(work) => work,
+                Err(_) => return Next::Stop,
+            };
+        }
+    }
+
+    /// Tokenizes the texts of `jobs`, answers what needs no model run, and splits the
+    /// rest into model runs: sorted by length (shortest first), grouped by
+    /// [`plan_runs`], each to be padded to its own longest text.
+    fn plan(&self, jobs: Vec<Job>) -> Vec<Run> {
+        let started = Instant::now();
+        for job in &jobs {
+            self.metrics
+                .queue_delay
+                .observe(started.duration_since(job.queued).as_secs_f64());
+        }
         let texts: Vec<&str> = jobs
             .iter()
             .flat_map(|j| j.texts.iter().map(String::as_str))
@@ -221,10 +370,9 @@ impl Engine {
                 for job in jobs {
                     let _ = job.reply.send(Err(e.clone()));
                 }
-                return;
+                return Vec::new();
             }
         };
-        // Per text: its job. Per job: texts not yet embedded, and where its texts start.
         let mut owner = Vec::with_capacity(encodings.len());
         let mut left = Vec::with_capacity(jobs.len());
         let mut first = Vec::with_capacity(jobs.len());
@@ -233,66 +381,50 @@ impl Engine {
             left.push(job.texts.len());
             owner.extend(std::iter::repeat_n(j, job.texts.len()));
         }
-        let mut replies: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
-        let mut vectors = vec![Vec::new(); encodings.len()];
-        let reply = |replies: &mut Vec<Option<Job>>, vectors: &mut [Vec<f32>], j: usize| {
-            if let Some(job) = replies[j].take() {
-                let range = first[j]..first[j] + job.texts.len();
-                let tokens = encodings[range.clone()]
-                    .iter()
-                    .map(|e| e.len() as u64)
-                    .sum();
-                let vectors = vectors[range].iter_mut().map(std::mem::take).collect();
-                let _ = job.reply.send(Ok(Embedded { vectors, tokens }));
-            }
-        };
-        // A request without texts is answered at once.
-        for (j, _) in left.iter().enumerate().filter(|(_, n)| **n == 0) {
-            reply(&mut replies, &mut vectors, j);
-        }
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| encodings[i].len());
         let lengths: Vec<usize> = order.iter().map(|&i| encodings[i].len()).collect();
-        for run in plan_runs(&lengths, self.batching.max_batch) {
-            let batch = &order[run];
-            match self.run_batch(&encodings, batch) {
-                Ok(pooled) => {
-                    for (&i, v) in batch.iter().zip(pooled) {
-                        vectors[i] = v;
-                        left[owner[i]] -= 1;
-                        if left[owner[i]] == 0 {
-                            reply(&mut replies, &mut vectors, owner[i]);
-                        }
-                    }
-                }
-                Err(e) => {
-                    for job in replies.into_iter().flatten() {
-                        let _ = job.reply.send(Err(e.clone()));
-                    }
-                    return;
-                }
+        let batch = Arc::new(Batch {
+            answers: Mutex::new(Answers {
+                vectors: vec![Vec::new(); encodings.len()],
+                jobs: jobs.into_iter().map(Some).collect(),
+                left,
+            }),
+            encodings,
+            owner,
+            first,
+        });
+        // A request without texts is answered at once.
+        if let Ok(mut answers) = batch.answers.lock() {
+            let empty: Vec<usize> = (0..answers.left.len())
+                .filter(|&j| answers.left[j] == 0)
+                .collect();
+            for j in empty {
+                batch.reply(&mut answers, j);
             }
         }
+        plan_runs(&lengths, self.batching.max_batch)
+            .into_iter()
+            .map(|range| Run {
+                batch: Arc::clone(&batch),
+                rows: order[range].to_vec(),
+            })
+            .collect()
     }
 
-    /// Pooled vectors of the texts `batch` (indices into `encodings`), padded to the
-    /// longest of them.
-    fn run_batch(
-        &mut self,
-        encodings: &[tokenizers::Encoding],
-        batch: &[usize],
-    ) -> Result<Vec<Vec<f32>>, String> {
-        let longest = batch
+    fn execute(&self, session: &mut Session, run: Run) {
+        let longest = run
+            .rows
             .iter()
-            .map(|&i| encodings[i].len())
+            .map(|&i| run.batch.encodings[i].len())
             .max()
             .unwrap_or(0)
             .max(1);
-        let mut ids = Array2::<i64>::zeros((batch.len(), longest));
-        let mut mask = Array2::<i64>::zeros((batch.len(), longest));
-        let mut types = Array2::<i64>::zeros((batch.len(), longest));
-        for (row, &i) in batch.iter().enumerate() {
-            let e = &encodings[i];
+        let mut ids = Array2::<i64>::zeros((run.rows.len(), longest));
+        let mut mask = Array2::<i64>::zeros((run.rows.len(), longest));
+        let mut types = Array2::<i64>::zeros((run.rows.len(), longest));
+        for (row, &i) in run.rows.iter().enumerate() {
+            let e = &run.batch.encodings[i];
             for (col, ((&id, &m), &t)) in e
                 .get_ids()
                 .iter()
@@ -305,35 +437,38 @@ impl Engine {
                 types[[row, col]] = i64::from(t);
             }
         }
-        self.metrics.batch_size.observe(batch.len() as f64);
-        self.run(ids, &mask, types)
+        self.metrics.batch_size.observe(run.rows.len() as f64);
+        match model_run(session, ids, &mask, types) {
+            Ok(pooled) => run.batch.done(&run.rows, pooled),
+            Err(e) => run.batch.fail(&e),
+        }
     }
+}
 
-    fn run(
-        &mut self,
-        ids: Array2<i64>,
-        mask: &Array2<i64>,
-        types: Array2<i64>,
-    ) -> Result<Vec<Vec<f32>>, String> {
-        let err = |e: ort::Error| format!("the model failed: {e}");
-        let outputs = self
-            .session
-            .run(ort::inputs![
-                "input_ids" => Tensor::from_array(ids).map_err(err)?,
-                "attention_mask" => Tensor::from_array(mask.clone()).map_err(err)?,
-                "token_type_ids" => Tensor::from_array(types).map_err(err)?,
-            ])
-            .map_err(err)?;
-        let hidden = outputs
-            .get("last_hidden_state")
-            .ok_or("the model has no output last_hidden_state")?
-            .try_extract_array::<f32>()
-            .map_err(err)?;
-        let hidden = hidden
-            .into_dimensionality::<ndarray::Ix3>()
-            .map_err(|e| format!("last_hidden_state is not [batch, seq, dim]: {e}"))?;
-        Ok(mean_pool_normalize(hidden, mask))
-    }
+/// Runs the encoder over one padded batch: pooled, normalised vectors per row.
+fn model_run(
+    session: &mut Session,
+    ids: Array2<i64>,
+    mask: &Array2<i64>,
+    types: Array2<i64>,
+) -> Result<Vec<Vec<f32>>, String> {
+    let err = |e: ort::Error| format!("the model failed: {e}");
+    let outputs = session
+        .run(ort::inputs![
+            "input_ids" => Tensor::from_array(ids).map_err(err)?,
+            "attention_mask" => Tensor::from_array(mask.clone()).map_err(err)?,
+            "token_type_ids" => Tensor::from_array(types).map_err(err)?,
+        ])
+        .map_err(err)?;
+    let hidden = outputs
+        .get("last_hidden_state")
+        .ok_or("the model has no output last_hidden_state")?
+        .try_extract_array::<f32>()
+        .map_err(err)?;
+    let hidden = hidden
+        .into_dimensionality::<ndarray::Ix3>()
+        .map_err(|e| format!("last_hidden_state is not [batch, seq, dim]: {e}"))?;
+    Ok(mean_pool_normalize(hidden, mask))
 }
 
 /// Estimated cost of one model run over `rows` sequences padded to `len` tokens, in

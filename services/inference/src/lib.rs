@@ -155,35 +155,72 @@ pub fn start_encoder(
     batching: encoder::Batching,
     metrics: &metrics::Metrics,
 ) -> Result<(encoder::Encoder, &'static str), Error> {
-    let runners = usize::from(config.encoder_runners.max(1));
-    let session_config = session_config(config, threads_per_runner(config.threads, runners));
     let path = config.models_dir.join(&open.dir).join(&open.model_file);
+    // The session with every thread first: it tells the execution provider, and is
+    // the only one when a single runner serves.
+    let wide = runtime::load(env, &session_config(config, config.threads), &path)?;
+    let provider = wide.provider;
+    set_provider_metric(metrics, provider);
+    let runners = match config.encoder_runners {
+        0 => auto_runners(provider, config.threads),
+        n => usize::from(n),
+    };
+    if runners <= 1 {
+        let encoder = encoder::Encoder::start(
+            vec![wide.session],
+            None,
+            tokenizer,
+            batching,
+            metrics.clone(),
+        )
+        .map_err(Error::Model)?;
+        return Ok((encoder, provider));
+    }
+    let narrow = session_config(config, threads_per_runner(config.threads, runners));
     let mut sessions = Vec::with_capacity(runners);
-    let mut provider = None;
     for _ in 0..runners {
-        let loaded = runtime::load(env, &session_config, &path)?;
-        if provider.is_some_and(|p| p != loaded.provider) {
+        let loaded = runtime::load(env, &narrow, &path)?;
+        if loaded.provider != provider {
             return Err(Error::Model(format!(
-                "the encoder's sessions came up on different execution providers ({} and {})",
-                provider.unwrap_or_default(),
+                "the encoder's sessions came up on different execution providers ({provider} and {})",
                 loaded.provider
             )));
         }
-        provider = Some(loaded.provider);
         sessions.push(loaded.session);
     }
-    let provider = provider.unwrap_or("CPUExecutionProvider");
-    set_provider_metric(metrics, provider);
-    if runners > 1 {
-        tracing::info!(
-            runners,
-            threads_each = session_config.threads,
-            "encoder runs {runners} model runs at a time"
-        );
-    }
-    let encoder = encoder::Encoder::start(sessions, tokenizer, batching, metrics.clone())
-        .map_err(Error::Model)?;
+    tracing::info!(
+        runners,
+        threads_each = narrow.threads,
+        "encoder runs {runners} model runs at a time (and a lone one on every thread)"
+    );
+    let encoder = encoder::Encoder::start(
+        sessions,
+        Some(wide.session),
+        tokenizer,
+        batching,
+        metrics.clone(),
+    )
+    .map_err(Error::Model)?;
     Ok((encoder, provider))
+}
+
+/// `--encoder-runners 0`: two runners on the CPU provider with at least two threads
+/// (measured: loadtest/RESULTS.md), otherwise one (a GPU runs one batch at a time best).
+fn auto_runners(provider: &str, threads: usize) -> usize {
+    if provider == "CPUExecutionProvider" && total_threads(threads) >= 2 {
+        2
+    } else {
+        1
+    }
+}
+
+/// The instance's threads: `threads`, or one per core when 0.
+fn total_threads(threads: usize) -> usize {
+    if threads == 0 {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    } else {
+        threads
+    }
 }
 
 fn session_config(config: &Config, threads: usize) -> runtime::SessionConfig {
@@ -201,12 +238,7 @@ fn threads_per_runner(threads: usize, runners: usize) -> usize {
     if runners <= 1 {
         return threads;
     }
-    let total = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-    } else {
-        threads
-    };
-    (total / runners).max(1)
+    (total_threads(threads) / runners).max(1)
 }
 
 fn set_provider_metric(metrics: &metrics::Metrics, provider: &str) {
@@ -374,5 +406,15 @@ mod tests {
         assert_eq!(threads_per_runner(2, 8), 1);
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         assert_eq!(threads_per_runner(0, 2), (cores / 2).max(1));
+    }
+
+    #[test]
+    fn two_runners_by_default_on_a_cpu_with_two_threads() {
+        use super::auto_runners;
+        assert_eq!(auto_runners("CPUExecutionProvider", 2), 2);
+        assert_eq!(auto_runners("CPUExecutionProvider", 8), 2);
+        assert_eq!(auto_runners("CPUExecutionProvider", 1), 1);
+        assert_eq!(auto_runners("CUDAExecutionProvider", 8), 1);
+        assert_eq!(auto_runners("TensorrtExecutionProvider", 8), 1);
     }
 }

@@ -74,8 +74,9 @@ struct Common {
     threads: usize,
 
     /// Encoder model runs at a time, as the worker's `--encoder-runners` (each session
-    /// gets `--threads` / runners intra-op threads).
-    #[arg(long, default_value_t = 1)]
+    /// gets `--threads` / runners intra-op threads; 0: the worker's default, two on the
+    /// CPU with at least two threads, else one).
+    #[arg(long, default_value_t = 0)]
     encoder_runners: u16,
 
     /// Execution providers to try, in order (as the worker's flag). Only `cpu` runs on
