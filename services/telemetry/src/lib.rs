@@ -79,6 +79,28 @@ pub fn metrics_text(registry: &Registry) -> String {
     out
 }
 
+/// The value of the sample whose line starts with `sample` (a metric name with its
+/// labels, e.g. `translator_expired_total` or `x_total{provider="openai"}`) in an
+/// exposition text such as [`metrics_text`]'s; None when there is no such line.
+pub fn sample_value(exposition: &str, sample: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(sample)?;
+        // The name must end here: `x_total` is not `x_total_seconds`.
+        rest.starts_with(' ').then(|| rest.trim().parse().ok())?
+    })
+}
+
+/// Test support for the services' own tests.
+#[cfg(feature = "testing")]
+pub mod testing {
+    /// The value of `sample` (see [`super::sample_value`]) in what `metrics_url`
+    /// (a service's `/metrics`) answers now; None when it has no such sample.
+    pub async fn scrape(metrics_url: &str, sample: &str) -> Result<Option<f64>, reqwest::Error> {
+        let text = reqwest::get(metrics_url).await?.text().await?;
+        Ok(super::sample_value(&text, sample))
+    }
+}
+
 /// The `/healthz`, `/livez` and `/metrics` endpoints every worker serves: `healthy`
 /// says whether it can do its job right now (200 `{"status":"ok"}`, else 503
 /// `{"status":"unavailable"}`: a readiness probe), `/livez` answers 200 whenever the
@@ -175,6 +197,16 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener,
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_sample_is_found_by_its_whole_name_and_labels() {
+        let text = "# TYPE x counter\nx_total 3\nx_total_seconds 9.5\nx_total{p=\"a\"} 2\n# EOF\n";
+        assert_eq!(super::sample_value(text, "x_total"), Some(3.0));
+        assert_eq!(super::sample_value(text, "x_total_seconds"), Some(9.5));
+        assert_eq!(super::sample_value(text, r#"x_total{p="a"}"#), Some(2.0));
+        assert_eq!(super::sample_value(text, r#"x_total{p="b"}"#), None);
+        assert_eq!(super::sample_value(text, "y_total"), None);
+    }
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

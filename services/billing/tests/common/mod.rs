@@ -201,14 +201,9 @@ impl Harness {
 
     /// The service's metric line value, e.g. `billing_events_total{kind="tokens",outcome="recorded"}`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = reqwest::get(&self.metrics_url)
+        switchyard_telemetry::testing::scrape(&self.metrics_url, name)
             .await
             .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
     }
 }
 

@@ -476,15 +476,10 @@ fn latency_json(h: &Histogram<u64>) -> Value {
 /// Model runs and sequences so far, from the encoder's `batch_size` histogram.
 fn runs_so_far(metrics: &Metrics) -> (f64, f64) {
     let text = metrics.render();
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let value = |name| switchyard_telemetry::sample_value(&text, name).unwrap_or(0.0);
     (
-        value("inference_batch_size_count "),
-        value("inference_batch_size_sum "),
+        value("inference_batch_size_count"),
+        value("inference_batch_size_sum"),
     )
 }
 

@@ -26,21 +26,30 @@ def canary() -> str:
     return f"sk-canary-{uuid.uuid4().hex}"
 
 
-@pytest.fixture(scope="module")
-def sy(tmp_path_factory: pytest.TempPathFactory, canary: str):
-    """The running stack; the mock provider only accepts the canary key."""
+def module_stack(tmp_path_factory: pytest.TempPathFactory, canary: str, **kw) -> stack.Stack:
+    """A stack of a test module's own, in a temp dir, on free ports; the mock provider
+    accepts only the canary key. `kw`: further StackConfig settings."""
     cfg = stack.StackConfig.ephemeral(
         tmp_path_factory.mktemp("stack"),
         bin_dir=stack.default_bin_dir(),
         mock_api_key=canary,
+        **kw,
+    )
+    return stack.Stack(cfg)
+
+
+@pytest.fixture(scope="module")
+def sy(tmp_path_factory: pytest.TempPathFactory, canary: str):
+    """The running stack, for modules that do not define their own."""
+    with module_stack(
+        tmp_path_factory, canary,
         # Debug logs from every crate: more log lines, more chances to catch a leak.
         rust_log="debug",
         # The store in plaintext: the at-rest test must see what the services themselves
         # put on disk (sealed bodies), not nats-server's encryption of it (that one is
         # tested in nats/tests/batch_auth.rs).
         nats_store_encryption=False,
-    )
-    with stack.Stack(cfg) as s:
+    ) as s:
         yield s
 
 

@@ -17,7 +17,7 @@ import uuid
 import openai
 import pytest
 
-import stack  # infra/stack.py, on sys.path via conftest
+from conftest import module_stack, stack
 
 MODEL = "openai/gpt-4o-mini"
 EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -50,14 +50,7 @@ def until_answered(call, deadline_s: float):
 
 @pytest.fixture(scope="module")
 def sy(tmp_path_factory: pytest.TempPathFactory, canary: str):
-    cfg = stack.StackConfig.ephemeral(
-        tmp_path_factory.mktemp("stack"),
-        bin_dir=stack.default_bin_dir(),
-        mock_api_key=canary,
-        open_models=[EMBEDDER],
-        inference_threads=1,
-    )
-    with stack.Stack(cfg) as s:
+    with module_stack(tmp_path_factory, canary, open_models=[EMBEDDER], inference_threads=1) as s:
         yield s
 
 

@@ -13,7 +13,7 @@ import urllib.request
 import openai
 import pytest
 
-from conftest import make_client, stack
+from conftest import make_client, module_stack, stack
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -26,15 +26,12 @@ FRANCE = "What is the capital of France? Answer in one sentence."
 
 @pytest.fixture(scope="module")
 def sy(tmp_path_factory: pytest.TempPathFactory, canary: str):
-    cfg = stack.StackConfig.ephemeral(
-        tmp_path_factory.mktemp("stack"),
-        bin_dir=stack.default_bin_dir(),
-        mock_api_key=canary,
+    with module_stack(
+        tmp_path_factory, canary,
         rust_log="debug",
         open_models=[MINILM, SMOLLM],
         inference_threads=1,
-    )
-    with stack.Stack(cfg) as s:
+    ) as s:
         yield s
 
 

@@ -12,23 +12,20 @@ import urllib.request
 
 import pytest
 
-from conftest import make_client, stack
+from conftest import make_client, module_stack, stack
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @pytest.fixture(scope="module")
 def sy(tmp_path_factory: pytest.TempPathFactory, canary: str):
-    cfg = stack.StackConfig.ephemeral(
-        tmp_path_factory.mktemp("stack"),
-        bin_dir=stack.default_bin_dir(),
-        mock_api_key=canary,
+    with module_stack(
+        tmp_path_factory, canary,
         autoscaler=True,
         # A cluster's 1-minute idle timeout passes in 2 s here.
         idle_minute_ms=2000,
         inference_threads=1,
-    )
-    with stack.Stack(cfg) as s:
+    ) as s:
         yield s
 
 

@@ -188,14 +188,9 @@ impl Harness {
 
     /// A metric line's value, e.g. `translator_expired_total`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = reqwest::get(format!("{}/metrics", self.health_url))
+        switchyard_telemetry::testing::scrape(&format!("{}/metrics", self.health_url), name)
             .await
             .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
     }
 
     pub async fn consumer_info(&self) -> jetstream::consumer::Info {
