@@ -143,10 +143,11 @@ pub fn load_model(config: &Config, metrics: &metrics::Metrics) -> Result<LoadedM
     })
 }
 
-/// Loads an encoder model once per runner (`--encoder-runners`, each session with its
-/// share of the threads) and starts the runners with `batching`. Returns the encoder
-/// and the execution provider its sessions run on. `load_model` uses it with the
-/// catalog's batching; the benchmark with its own.
+/// Loads an encoder model and starts its runners with `batching`: one session with
+/// every thread, and with several runners (`--encoder-runners`) one more session per
+/// runner with its share of the threads (the first then serves lone runs only).
+/// Returns the encoder and the execution provider its sessions run on. `load_model`
+/// uses it with the catalog's batching; the benchmark with its own.
 pub fn start_encoder(
     env: &ort::environment::Environment,
     config: &Config,
@@ -205,7 +206,8 @@ pub fn start_encoder(
 }
 
 /// `--encoder-runners 0`: two runners on the CPU provider with at least two threads
-/// (measured: loadtest/RESULTS.md), otherwise one (a GPU runs one batch at a time best).
+/// (measured: loadtest/RESULTS.md), otherwise one (GPU providers keep one session: not
+/// measured here, and a GPU already runs a batch's rows in parallel).
 fn auto_runners(provider: &str, threads: usize) -> usize {
     if provider == "CPUExecutionProvider" && total_threads(threads) >= 2 {
         2
