@@ -353,32 +353,27 @@ async fn a_burst_scales_up_to_max_from_zero_then_back_to_zero() {
         .await;
     assert_eq!(rest.instances, 0);
     assert!(rest.inferences >= 4, "{rest:?}");
-    // Every instance's life is on record: started … stopped, with billed periods.
-    let events = h.usage_events().await;
-    let stopped = events
-        .iter()
-        .filter(|e| {
-            matches!(
-                e.body,
-                UsageBody::Lifecycle {
-                    state: InstanceState::Stopped,
-                    ..
-                }
-            )
-        })
-        .count();
-    let started = events
-        .iter()
-        .filter(|e| {
-            matches!(
-                e.body,
-                UsageBody::Lifecycle {
-                    state: InstanceState::Started,
-                    ..
-                }
-            )
-        })
-        .count();
+    // Every instance's life is on record: started … stopped. The status counts an
+    // instance out when it is told to stop; its `stopped` event comes once it has
+    // drained and exited, so wait for those (a killed instance never sends one).
+    let lifecycle = |events: &[UsageEvent], want: InstanceState| {
+        events
+            .iter()
+            .filter(|e| matches!(&e.body, UsageBody::Lifecycle { state, .. } if *state == want))
+            .count()
+    };
+    let drained_by = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (started, stopped) = loop {
+        let events = h.usage_events().await;
+        let counts = (
+            lifecycle(&events, InstanceState::Started),
+            lifecycle(&events, InstanceState::Stopped),
+        );
+        if counts.1 >= counts.0 || tokio::time::Instant::now() >= drained_by {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(started, 2, "load 4, target 1, max 2: two instances");
     assert_eq!(stopped, started, "each instance stopped cleanly");
 }
