@@ -20,6 +20,9 @@ pub struct NatsServer {
     url: String,
     store: tempfile::TempDir,
     log: PathBuf,
+    port: u16,
+    config: Option<PathBuf>,
+    envs: Vec<(String, String)>,
 }
 
 /// Where the test nats-server binary is.
@@ -85,68 +88,61 @@ impl NatsServer {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let log = store.path().join("server.log");
-        // Config errors go to stderr, before the log file is opened.
-        let stderr_path = store.path().join("server.stderr");
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         // The OS may hand the port to someone else between probe and bind: retry a few.
         for _ in 0..5 {
             let port = free_port().map_err(|e| e.to_string())?;
-            let mut cmd = Command::new(&binary);
-            if let Some(config) = config {
-                let monitor = free_port().map_err(|e| e.to_string())?;
-                cmd.arg("-c")
-                    .arg(config)
-                    .args(["-m", &monitor.to_string()])
-                    .env_remove("SWITCHYARD_NATS_PASSWORD")
-                    .env_remove("SWITCHYARD_NATS_STORE_KEY")
-                    .envs(envs.iter().copied());
-            }
-            let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
-            let mut child = cmd
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(store.path().join("jetstream"))
-                .arg("-l")
-                .arg(&log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let said = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    let logged = std::fs::read_to_string(&log).unwrap_or_default();
-                    if config.is_none()
-                        || said.contains("address already in use")
-                        || logged.contains("address already in use")
-                    {
-                        break; // port taken, try another
-                    }
-                    return Err(format!(
-                        "nats-server exited ({status}): {}{}",
-                        said.trim(),
-                        logged.lines().last().unwrap_or_default()
-                    ));
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            match spawn_listening(&binary, config, &envs, port, store.path(), &log)? {
+                Some(child) => {
                     return Ok(Self {
                         child,
                         url: format!("nats://127.0.0.1:{port}"),
                         store,
                         log,
+                        port,
+                        config: config.map(Path::to_path_buf),
+                        envs,
                     });
                 }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    return Err(format!(
-                        "nats-server did not listen within 10 s; see {}",
-                        log.display()
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(20));
+                None => continue, // port taken, try another
             }
         }
         Err("nats-server could not get a free port".into())
+    }
+
+    /// Kills the server outright (SIGKILL: no lame-duck mode, nothing flushed) and
+    /// starts it again on the same port with the same store, config and environment;
+    /// returns once it accepts connections. Clients reconnect by themselves.
+    pub fn restart(&mut self) -> Result<(), String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let binary = server_binary();
+        // The port can take a moment to be free again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let started = spawn_listening(
+                &binary,
+                self.config.as_deref(),
+                &self.envs,
+                self.port,
+                self.store.path(),
+                &self.log,
+            )?;
+            if let Some(child) = started {
+                self.child = child;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "port {} did not come free for a restart",
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `nats://127.0.0.1:<port>`
@@ -197,6 +193,71 @@ impl NatsServer {
         let defs = crate::Definitions::embedded().map_err(|e| e.to_string())?;
         crate::apply(&js, &defs).await.map_err(|e| e.to_string())?;
         Ok(client)
+    }
+}
+
+/// Starts nats-server on `port` with its store and log under `dir`, and waits until it
+/// accepts connections: Some(child) then, None when it exited because the port was
+/// taken (the caller tries again), an error for anything else.
+fn spawn_listening(
+    binary: &Path,
+    config: Option<&Path>,
+    envs: &[(String, String)],
+    port: u16,
+    dir: &Path,
+    log: &Path,
+) -> Result<Option<Child>, String> {
+    // Config errors go to stderr, before the log file is opened.
+    let stderr_path = dir.join("server.stderr");
+    let mut cmd = Command::new(binary);
+    if let Some(config) = config {
+        let monitor = free_port().map_err(|e| e.to_string())?;
+        cmd.arg("-c")
+            .arg(config)
+            .args(["-m", &monitor.to_string()])
+            .env_remove("SWITCHYARD_NATS_PASSWORD")
+            .env_remove("SWITCHYARD_NATS_STORE_KEY")
+            .envs(envs.iter().map(|(k, v)| (k, v)));
+    }
+    let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
+    let mut child = cmd
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.join("jetstream"))
+        .arg("-l")
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let said = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            let logged = std::fs::read_to_string(log).unwrap_or_default();
+            if config.is_none()
+                || said.contains("address already in use")
+                || logged.contains("address already in use")
+            {
+                return Ok(None);
+            }
+            return Err(format!(
+                "nats-server exited ({status}): {}{}",
+                said.trim(),
+                logged.lines().last().unwrap_or_default()
+            ));
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(Some(child));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!(
+                "nats-server did not listen within 10 s; see {}",
+                log.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

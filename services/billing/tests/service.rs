@@ -79,6 +79,55 @@ async fn worked_example_two_instances_bill_a_plus_b_seconds_exactly() {
 }
 
 #[tokio::test]
+async fn billing_carries_on_after_nats_server_is_killed_and_restarted() {
+    let mut h = common::start().await;
+    let start = ms(2026, 3, 9, 12, 0, 0);
+    let before = periods("acme", "i-a", "cpu", start, start + 30_000, 10_000);
+    for e in &before {
+        h.publish(e, Some(&e.event_id)).await;
+    }
+    h.drained().await;
+    assert_eq!(h.totals("acme").await.0, 30_000);
+
+    // kill -9: whatever the server had not yet written out of the consumer's state
+    // may be redelivered; the books must not count it twice.
+    h.nats.restart().unwrap();
+    let after = periods("acme", "i-a", "cpu", start + 30_000, start + 60_000, 10_000);
+    for e in &after {
+        // The test's own client reconnects too: a publish may fail until it has.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(schemas::headers::MSG_ID, e.event_id.as_str());
+            let published = async {
+                h.js.publish_with_headers(
+                    e.subject().unwrap(),
+                    headers,
+                    schemas::encode(e).unwrap().into(),
+                )
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+            };
+            match published.await {
+                Ok(_) => break,
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("publish after the restart failed, again: {err}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => panic!("could not publish after the restart: {err}"),
+            }
+        }
+    }
+    // The service was not restarted: its consumer found the server again.
+    h.drained().await;
+    let (total_ms, cost) = h.totals("acme").await;
+    assert_eq!(total_ms, 60_000);
+    assert_eq!(cost, dec("0.0006"));
+    assert_eq!(h.event_count().await, 6);
+}
+
+#[tokio::test]
 async fn every_event_published_twice_and_redelivered_is_billed_once() {
     let h = common::start().await;
     let start = ms(2026, 4, 1, 12, 0, 0);
