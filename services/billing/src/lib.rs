@@ -35,7 +35,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use switchyard_store::{DatabaseConnection, MigratorTrait};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -198,13 +198,8 @@ impl Billing {
     ) -> Result<(), async_nats::Error> {
         // Pull requests ask for at least 128 messages: async-nats' pull stream with
         // a batch of 1 waits tens of ms between pulls (15 events/s in the benchmark).
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(batch_size.max(128))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await?;
+        let mut messages =
+            switchyard_nats::pull::Messages::new(consumer, batch_size.max(128)).await?;
         // Alerts raised before a crash may not have gone out yet.
         let mut alerts_pending = alerts;
         loop {
@@ -220,7 +215,7 @@ impl Billing {
             match first {
                 Some(Ok(m)) => batch.push(m),
                 Some(Err(e)) => {
-                    // Missed heartbeats and the like: the stream recovers by itself.
+                    // Missed heartbeats and the like: the stream starts over by itself.
                     tracing::warn!(error = %e, "pull error");
                     self.pause(Duration::from_millis(250), shutdown).await;
                     continue;

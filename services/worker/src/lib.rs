@@ -150,13 +150,7 @@ where
 {
     use futures::FutureExt;
     let permits = Arc::new(Semaphore::new(concurrency));
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(concurrency)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await?;
+    let mut messages = switchyard_nats::pull::Messages::new(consumer, concurrency).await?;
     let mut batch_quiet_until = tokio::time::Instant::now();
     let spawn = |message: jetstream::Message, permit: tokio::sync::OwnedSemaphorePermit| {
         let run = handle(message);
@@ -217,8 +211,8 @@ where
         match next {
             Some(Ok(message)) => spawn(message, permit),
             Some(Err(e)) => {
-                // Missed heartbeats and the like: the stream recovers by itself. Pause
-                // briefly so a lasting fault does not spin.
+                // Missed heartbeats and the like: the stream starts over by itself.
+                // Pause briefly so a lasting fault does not spin.
                 tracing::warn!(error = %e, "pull error");
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(250)) => {}
