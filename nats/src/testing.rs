@@ -117,8 +117,21 @@ impl NatsServer {
     /// starts it again on the same port with the same store, config and environment;
     /// returns once it accepts connections. Clients reconnect by themselves.
     pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.start_again()
+    }
+
+    /// Kills the server outright (SIGKILL) and waits for it to exit; its port and
+    /// store stay this harness's, for [`Self::start_again`]. Killing a server that is
+    /// not running does nothing.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts the server [`Self::kill`] stopped, on the same port with the same store,
+    /// config and environment; returns once it accepts connections.
+    pub fn start_again(&mut self) -> Result<(), String> {
         let binary = server_binary();
         // The port can take a moment to be free again.
         let deadline = Instant::now() + Duration::from_secs(10);

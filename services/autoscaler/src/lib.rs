@@ -160,6 +160,10 @@ pub struct Reconciler {
     ready: BTreeMap<(String, String), u32>,
     /// Every heartbeat seen, by key, and when it last changed (this clock).
     beats: BTreeMap<String, Seen>,
+    /// A pass could not read from NATS since the heartbeats were last read.
+    blind: bool,
+    /// This client's connection count when the heartbeats were last read.
+    connects: u64,
 }
 
 /// A heartbeat as last read, and when it last moved.
@@ -167,6 +171,14 @@ pub struct Reconciler {
 struct Seen {
     beat: InstanceHeartbeat,
     changed: Instant,
+}
+
+impl Seen {
+    /// Unchanged for longer than its instance's heartbeat deadline.
+    fn silent(&self, config: &Config, now: Instant) -> bool {
+        let period = Duration::from_millis(self.beat.period_ms.unwrap_or(10_000));
+        now.duration_since(self.changed) > config.heartbeat_deadline(period)
+    }
 }
 
 impl Reconciler {
@@ -196,6 +208,8 @@ impl Reconciler {
             consumers: BTreeMap::new(),
             ready: BTreeMap::new(),
             beats: BTreeMap::new(),
+            blind: false,
+            connects: 0,
         })
     }
 
@@ -271,7 +285,13 @@ impl Reconciler {
             self.metrics.errors.inc();
             tracing::warn!(error = %e, "cannot read the instances back; using the last view");
         }
-        let specs = self.specs().await?;
+        let specs = match self.specs().await {
+            Ok(specs) => specs,
+            Err(e) => {
+                self.blind = true;
+                return Err(e);
+            }
+        };
         for lost in self.read_heartbeats().await {
             self.metrics.crashes.inc();
             tracing::warn!(instance = %lost.instance_id, model = %lost.model, "instance stopped heartbeating; billed to its last heartbeat, replaced if the load needs it");
@@ -490,13 +510,41 @@ impl Reconciler {
     /// (the bucket's max age) rather than being deleted as a stopping instance does.
     async fn read_heartbeats(&mut self) -> Vec<InstanceHeartbeat> {
         let Ok(mut keys) = self.instances.keys().await else {
+            self.blind = true;
             return Vec::new();
         };
         let now = Instant::now();
+        // Silence is judged only over time this autoscaler could watch. After it could
+        // not reach NATS (a failed read, or a reconnect since the last pass) nobody
+        // may have been able to write heartbeats either: every instance gets a full
+        // deadline again from now, to reconnect and beat.
+        let connects = self
+            .js
+            .client()
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if std::mem::take(&mut self.blind) || connects != self.connects {
+            if !self.beats.is_empty() {
+                tracing::info!(
+                    instances = self.beats.len(),
+                    "NATS was out of reach: heartbeat deadlines start again"
+                );
+            }
+            for seen in self.beats.values_mut() {
+                seen.changed = now;
+            }
+        }
+        self.connects = connects;
         let mut ready = BTreeMap::new();
         let mut present = BTreeSet::new();
         let mut lost = Vec::new();
-        while let Some(Ok(key)) = keys.next().await {
+        while let Some(key) = keys.next().await {
+            let Ok(key) = key else {
+                // A partial listing: what was not listed is not taken for gone.
+                self.blind = true;
+                return Vec::new();
+            };
             let Ok(Some(v)) = self.instances.get(&key).await else {
                 continue;
             };
@@ -505,10 +553,7 @@ impl Reconciler {
             };
             present.insert(key.clone());
             let silent = match self.beats.get_mut(&key) {
-                Some(seen) if seen.beat.beat_ms == beat.beat_ms => {
-                    let period = Duration::from_millis(beat.period_ms.unwrap_or(10_000));
-                    now.duration_since(seen.changed) > self.config.heartbeat_deadline(period)
-                }
+                Some(seen) if seen.beat.beat_ms == beat.beat_ms => seen.silent(&self.config, now),
                 Some(seen) => {
                     seen.beat = beat.clone();
                     seen.changed = now;
@@ -533,7 +578,9 @@ impl Reconciler {
             }
         }
         self.ready = ready;
-        // Gone since the last pass: deleted (stopped, or billed here already) or expired.
+        // Gone since the last pass: deleted (stopped cleanly, or billed here already)
+        // or expired. An expired one is silent, and lost once its deadline has passed
+        // (an entry also expires while NATS is down, and the instance may yet beat).
         let gone: Vec<String> = self
             .beats
             .keys()
@@ -541,11 +588,22 @@ impl Reconciler {
             .cloned()
             .collect();
         for key in gone {
-            let Some(seen) = self.beats.remove(&key) else {
-                continue;
-            };
-            if let Ok(None) = self.instances.entry(key.as_str()).await {
-                lost.push(seen.beat);
+            match self.instances.entry(key.as_str()).await {
+                Ok(None) => {
+                    if self
+                        .beats
+                        .get(&key)
+                        .is_some_and(|seen| seen.silent(&self.config, now))
+                        && let Some(seen) = self.beats.remove(&key)
+                    {
+                        lost.push(seen.beat);
+                    }
+                }
+                Ok(Some(_)) => {
+                    self.beats.remove(&key);
+                }
+                // Unreadable: judged on a later pass.
+                Err(_) => {}
             }
         }
         for beat in &lost {

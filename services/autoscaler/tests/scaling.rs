@@ -67,7 +67,7 @@ fn ort_lib() -> PathBuf {
 }
 
 struct Harness {
-    _nats: NatsServer,
+    nats: NatsServer,
     js: jetstream::Context,
     client: async_nats::Client,
     clusters: kv::Store,
@@ -83,6 +83,12 @@ impl Drop for Harness {
 }
 
 async fn start(idle_minute_ms: u64) -> Harness {
+    start_with(idle_minute_ms, 300, &[]).await
+}
+
+/// [`start`] with instances that report (and heartbeat) every `usage_period_ms`, and
+/// more autoscaler flags.
+async fn start_with(idle_minute_ms: u64, usage_period_ms: u64, flags: &[&str]) -> Harness {
     let nats = NatsServer::start().unwrap();
     let client = nats.connect_and_apply().await.unwrap();
     let js = jetstream::new(client.clone());
@@ -91,15 +97,18 @@ async fn start(idle_minute_ms: u64) -> Harness {
     let clusters = js.get_key_value(subjects::CLUSTERS_BUCKET).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
-    let config = Config::parse_from([
+    let idle_minute_ms = idle_minute_ms.to_string();
+    let mut args = vec![
         "switchyard-autoscaler",
         "--nats-url",
         nats.url(),
         "--tick-ms",
         "200",
         "--idle-minute-ms",
-        &idle_minute_ms.to_string(),
-    ]);
+        &idle_minute_ms,
+    ];
+    args.extend_from_slice(flags);
+    let config = Config::parse_from(args);
     let env = vec![
         ("NATS_URL".into(), nats.url().to_string()),
         ("SWITCHYARD_SEAL_KEY".into(), seal_text),
@@ -111,7 +120,10 @@ async fn start(idle_minute_ms: u64) -> Harness {
         ),
         ("INFERENCE_EXECUTION_PROVIDERS".into(), "cpu".into()),
         ("INFERENCE_THREADS".into(), "1".into()),
-        ("INFERENCE_USAGE_PERIOD_MS".into(), "300".into()),
+        (
+            "INFERENCE_USAGE_PERIOD_MS".into(),
+            usage_period_ms.to_string(),
+        ),
         ("NO_COLOR".into(), "1".into()),
         ("RUST_LOG".into(), "warn".into()),
     ];
@@ -129,7 +141,7 @@ async fn start(idle_minute_ms: u64) -> Harness {
             .unwrap();
     });
     Harness {
-        _nats: nats,
+        nats,
         js,
         client,
         clusters,
@@ -162,15 +174,18 @@ impl Harness {
             .unwrap();
     }
 
-    async fn status(&self, model: &str) -> Option<ClusterStatus> {
-        self.clusters
+    /// The cluster's status; an error while the server is away.
+    async fn status(&self, model: &str) -> Result<Option<ClusterStatus>, String> {
+        Ok(self
+            .clusters
             .get(schemas::cluster::status_key("dev", model).unwrap())
             .await
-            .unwrap()
-            .map(|v| serde_json::from_slice(&v).unwrap())
+            .map_err(|e| e.to_string())?
+            .map(|v| serde_json::from_slice(&v).unwrap()))
     }
 
-    /// Polls the cluster's status until `pred` holds (bounded); returns the statuses seen.
+    /// Polls the cluster's status until `pred` holds (bounded; read errors, as while
+    /// the server restarts, count as not yet); returns the status that held.
     async fn wait_status(
         &self,
         model: &str,
@@ -179,17 +194,36 @@ impl Harness {
     ) -> ClusterStatus {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(s) = self.status(model).await
-                && pred(&s)
+            let status = self.status(model).await;
+            if let Ok(Some(s)) = &status
+                && pred(s)
             {
-                return s;
+                return s.clone();
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
+                "timed out waiting for {what} (last read: {status:?})"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Every instance's heartbeat; an error while the server is away.
+    async fn heartbeats(&self) -> Result<Vec<InstanceHeartbeat>, String> {
+        let beats = self
+            .js
+            .get_key_value(subjects::INSTANCES_BUCKET)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut keys = beats.keys().await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| e.to_string())?;
+            if let Some(v) = beats.get(&key).await.map_err(|e| e.to_string())? {
+                out.push(serde_json::from_slice(&v).unwrap());
+            }
+        }
+        Ok(out)
     }
 
     async fn metrics(&self) -> String {
@@ -323,7 +357,7 @@ async fn a_burst_scales_up_to_max_from_zero_then_back_to_zero() {
         assert!(last.error.is_none(), "{:?}", last.error);
         assert!(last.output.is_some());
         answered += 1;
-        if let Some(s) = h.status(MINILM).await {
+        if let Some(s) = h.status(MINILM).await.unwrap() {
             most = most.max(s.instances);
         }
     }
@@ -401,7 +435,7 @@ async fn a_cluster_with_min_one_is_warm_before_the_first_request() {
         1.0
     );
     // min 1: it stays, idle.
-    assert_eq!(h.status(MINILM).await.unwrap().instances, 1);
+    assert_eq!(h.status(MINILM).await.unwrap().unwrap().instances, 1);
 }
 
 #[tokio::test]
@@ -563,4 +597,201 @@ async fn a_hung_instance_is_billed_to_its_last_heartbeat_killed_and_replaced() {
     // with the same id anyway; the reading helper may hand one message out twice
     // under load, so the counter is the check.)
     assert_eq!(metric(&h.metrics().await, "autoscaler_crashes_total"), 1.0);
+}
+
+#[tokio::test]
+async fn instances_outlive_a_nats_server_outage_longer_than_their_heartbeat_deadline() {
+    // Heartbeats every 1.5 s; an instance silent for three periods and 0.5 s (5 s) is lost.
+    let mut h = start_with(60_000, 1_500, &["--heartbeat-grace-ms", "500"]).await;
+    h.put_spec(MINILM, 1, 1, 0).await;
+    h.wait_status(MINILM, "a warm instance", |s| s.ready == 1)
+        .await;
+    let beats = h.heartbeats().await.unwrap();
+    assert_eq!(beats.len(), 1, "{beats:?}");
+    let beat = beats[0].clone();
+    assert_eq!(beat.period_ms, Some(1_500));
+    let pid = beat.pid.unwrap();
+
+    // nats-server is gone for longer than the deadline (the sleep is the outage, not a
+    // wait for anything): the instance cannot write heartbeats, the autoscaler cannot
+    // read them.
+    h.nats.kill();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let back_ms = Utc::now().timestamp_millis();
+    h.nats.start_again().unwrap();
+
+    // The instance beats again, and the autoscaler reconciles after that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let fresh = loop {
+        if let Ok(beats) = h.heartbeats().await
+            && let Some(fresh) = beats
+                .into_iter()
+                .find(|b| b.instance_id == beat.instance_id && b.beat_ms > back_ms)
+        {
+            break fresh;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the instance never wrote a heartbeat after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    h.wait_status(MINILM, "a reconciliation after the fresh heartbeat", |s| {
+        s.updated.timestamp_millis() > fresh.beat_ms
+    })
+    .await;
+
+    // Not taken for lost: not killed, not marked failed, not replaced.
+    assert_eq!(metric(&h.metrics().await, "autoscaler_crashes_total"), 0.0);
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the live instance was killed"
+    );
+    let status = h.status(MINILM).await.unwrap().unwrap();
+    assert_eq!((status.instances, status.ready), (1, 1), "{status:?}");
+    let (_, mut sub) = h.publish(MINILM, embed("served after the outage")).await;
+    let chunks = reply(&mut sub).await;
+    let last = chunks.last().unwrap();
+    assert!(last.error.is_none(), "{:?}", last.error);
+    // By the same instance: it is still the only one.
+    let ids: Vec<String> = h
+        .heartbeats()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.instance_id)
+        .collect();
+    assert_eq!(ids, vec![beat.instance_id.clone()]);
+
+    // The outage is billed: the instance ran through it, and its periods join up
+    // across it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = h.usage_events().await;
+        assert!(
+            !events.iter().any(|e| e.event_id
+                == UsageEvent::lifecycle_id(&beat.instance_id, InstanceState::Failed)),
+            "the instance was marked failed"
+        );
+        let periods = billed_periods(&events, &beat.instance_id);
+        if periods.last().unwrap().1 > back_ms {
+            assert_eq!(periods[0].0, beat.started_ms, "billed from its start");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outage was never billed: {periods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Plays an instance that beats every second while `on` is true (the test switches it).
+fn fake_instance(
+    h: &Harness,
+    instance_id: &str,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let js = h.js.clone();
+    let started_ms = Utc::now().timestamp_millis();
+    let beat = InstanceHeartbeat {
+        instance_id: instance_id.into(),
+        account: "dev".into(),
+        model: MINILM.into(),
+        instance_type: "cpu".into(),
+        state: InstanceState::Ready,
+        started_ms,
+        billed_until_ms: started_ms,
+        beat_ms: started_ms,
+        execution_provider: Some("CPUExecutionProvider".into()),
+        pid: None,
+        period_ms: Some(1_000),
+    };
+    let key = schemas::cluster::heartbeat_key("dev", MINILM, instance_id).unwrap();
+    tokio::spawn(async move {
+        let kv = js.get_key_value(subjects::INSTANCES_BUCKET).await.unwrap();
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            if on.load(std::sync::atomic::Ordering::SeqCst) {
+                let beat = InstanceHeartbeat {
+                    beat_ms: Utc::now().timestamp_millis(),
+                    ..beat.clone()
+                };
+                // While the server is away the put fails; the instance keeps trying.
+                let _ = kv
+                    .put(&key, serde_json::to_vec(&beat).unwrap().into())
+                    .await;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn an_instance_that_reconnects_after_the_autoscaler_is_not_taken_for_lost() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // The fake instance beats every second: silent for 3 s + 0.5 s, it is lost.
+    let mut h = start_with(60_000, 300, &["--heartbeat-grace-ms", "500"]).await;
+    // Heartbeat entries expire after 3 s here (30 s as shipped), so they also expire
+    // during the outage.
+    let mut bucket = h.js.get_stream("KV_instances").await.unwrap();
+    let mut config = bucket.info().await.unwrap().config.clone();
+    config.max_age = Duration::from_secs(3);
+    config.duplicate_window = Duration::from_secs(1);
+    h.js.update_stream(&config).await.unwrap();
+    // A cluster that starts nothing by itself, so its status shows each pass.
+    h.put_spec(MINILM, 0, 1, 0).await;
+    let on = Arc::new(AtomicBool::new(true));
+    let instance = "fake-instance-1";
+    let beating = fake_instance(&h, instance, on.clone());
+    h.wait_status(MINILM, "the instance counted ready", |s| s.ready == 1)
+        .await;
+
+    // nats-server away for 5 s, past the deadline and the entry's age.
+    on.store(false, Ordering::SeqCst);
+    h.nats.kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let back = Utc::now();
+    h.nats.start_again().unwrap();
+    // The autoscaler is back first and reconciles before the instance beats again.
+    h.wait_status(MINILM, "a pass after the restart", |s| s.updated > back)
+        .await;
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(&m, "autoscaler_crashes_total"),
+        0.0,
+        "taken for lost at the first look after the outage"
+    );
+    on.store(true, Ordering::SeqCst);
+    let since = Utc::now();
+    h.wait_status(MINILM, "the instance ready again", |s| {
+        s.updated > since && s.ready == 1
+    })
+    .await;
+    assert_eq!(metric(&h.metrics().await, "autoscaler_crashes_total"), 0.0);
+    assert!(
+        !h.usage_events()
+            .await
+            .iter()
+            .any(|e| e.event_id == UsageEvent::lifecycle_id(instance, InstanceState::Failed))
+    );
+
+    // Silent for real now (NATS up): still found lost, after its deadline.
+    on.store(false, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while metric(&h.metrics().await, "autoscaler_crashes_total") < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a silent instance was never taken for lost"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        h.usage_events()
+            .await
+            .iter()
+            .any(|e| e.event_id == UsageEvent::lifecycle_id(instance, InstanceState::Failed))
+    );
+    beating.abort();
 }

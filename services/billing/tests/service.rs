@@ -119,7 +119,18 @@ async fn billing_carries_on_after_nats_server_is_killed_and_restarted() {
             }
         }
     }
-    // The service was not restarted: its consumer found the server again.
+    // The service was not restarted: its consumer found the server again and bills
+    // the new events as they come …
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while h.totals("acme").await.0 < 60_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the events after the restart were not billed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // … and what the killed server had not recorded as acked comes again after the
+    // ack wait, and is not billed twice.
     h.drained().await;
     let (total_ms, cost) = h.totals("acme").await;
     assert_eq!(total_ms, 60_000);

@@ -383,6 +383,8 @@ pub async fn serve(
 /// A period and a heartbeat every [`usage::Reporter::period`], until dropped.
 async fn report_every_period(reporter: &mut usage::Reporter) -> std::convert::Infallible {
     let mut every = tokio::time::interval(reporter.period);
+    // After a stall (a tick waiting out NATS), one period, not a burst of tiny ones.
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
     loop {
         every.tick().await;

@@ -6,6 +6,12 @@
 //! so a retried publish is counted once. The heartbeat carries `billed_until_ms`: when
 //! an instance dies without saying so, the autoscaler bills the rest from there to the
 //! death it noticed, under the id this instance would have used.
+//!
+//! A period whose PubAck never came (NATS away) may still be stored: the client sends
+//! what it buffered once it reconnects. So an event, once published, never changes: the
+//! unconfirmed period is retried exactly as it was, and the next one starts where it
+//! ends. (Re-cutting it to end later under the same id would be taken for a duplicate
+//! of the buffered copy, and the seconds between the two ends would never be billed.)
 
 use std::time::Duration;
 
@@ -32,6 +38,8 @@ pub struct Reporter {
     me: Identity,
     started_ms: i64,
     billed_until_ms: i64,
+    /// The period published but not confirmed, retried as it is.
+    unconfirmed: Option<UsageEvent>,
     state: InstanceState,
     /// How often a period is reported (and the heartbeat written).
     pub period: Duration,
@@ -59,6 +67,7 @@ impl Reporter {
             me,
             started_ms: now,
             billed_until_ms: now,
+            unconfirmed: None,
             state: InstanceState::Started,
             period,
         };
@@ -70,7 +79,7 @@ impl Reporter {
     pub async fn lifecycle(&mut self, state: InstanceState) {
         self.state = state;
         let at = now_ms();
-        self.publish(UsageEvent {
+        self.publish(&UsageEvent {
             schema_version: schemas::SCHEMA_VERSION,
             event_id: UsageEvent::lifecycle_id(&self.me.instance_id, state),
             account: self.me.account.clone(),
@@ -90,31 +99,49 @@ impl Reporter {
 
     /// Reports the period since the last one, then beats.
     pub async fn tick(&mut self) {
-        let now = now_ms();
-        if now > self.billed_until_ms {
-            let start = self.billed_until_ms;
-            let ok = self
-                .publish(UsageEvent {
-                    schema_version: schemas::SCHEMA_VERSION,
-                    event_id: UsageEvent::period_id(&self.me.instance_id, start),
-                    account: self.me.account.clone(),
-                    emitted_at: Utc::now(),
-                    body: UsageBody::InstancePeriod {
-                        cluster: self.me.model.clone(),
-                        model: self.me.model.clone(),
-                        instance_type: self.me.instance_type.clone(),
-                        instance_id: self.me.instance_id.clone(),
-                        start_ms: start,
-                        end_ms: now,
-                    },
-                })
-                .await;
-            // Only a stored period moves the mark; otherwise the next tick covers it.
-            if ok {
-                self.billed_until_ms = now;
+        // The unconfirmed period first, as it was; then, once it is stored, the rest
+        // up to now.
+        for _ in 0..2 {
+            let event = match self.unconfirmed.take() {
+                Some(event) => event,
+                None => {
+                    let now = now_ms();
+                    if now <= self.billed_until_ms {
+                        break;
+                    }
+                    self.period_event(self.billed_until_ms, now)
+                }
+            };
+            let end = match &event.body {
+                UsageBody::InstancePeriod { end_ms, .. } => *end_ms,
+                _ => self.billed_until_ms,
+            };
+            if !self.publish(&event).await {
+                self.unconfirmed = Some(event);
+                break;
             }
+            // Only a stored period moves the mark.
+            self.billed_until_ms = end;
         }
         self.beat().await;
+    }
+
+    /// The period `[start_ms, end_ms)` of this instance, under its deterministic id.
+    fn period_event(&self, start_ms: i64, end_ms: i64) -> UsageEvent {
+        UsageEvent {
+            schema_version: schemas::SCHEMA_VERSION,
+            event_id: UsageEvent::period_id(&self.me.instance_id, start_ms),
+            account: self.me.account.clone(),
+            emitted_at: Utc::now(),
+            body: UsageBody::InstancePeriod {
+                cluster: self.me.model.clone(),
+                model: self.me.model.clone(),
+                instance_type: self.me.instance_type.clone(),
+                instance_id: self.me.instance_id.clone(),
+                start_ms,
+                end_ms,
+            },
+        }
     }
 
     /// The last period, `stopped`, and the heartbeat removed.
@@ -154,7 +181,7 @@ impl Reporter {
     }
 
     /// JetStream publish with an awaited PubAck and the event id as `Nats-Msg-Id`.
-    async fn publish(&self, event: UsageEvent) -> bool {
+    async fn publish(&self, event: &UsageEvent) -> bool {
         let (Ok(subject), Ok(payload)) = (event.subject(), schemas::encode(&event)) else {
             return false;
         };
