@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -171,6 +172,19 @@ def tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return f"(no log at {path})"
     return "\n".join(data.splitlines()[-lines:])
+
+
+def nats_password() -> str:
+    """A new password for the internal NATS user. nats-server reads the value of
+    `$SWITCHYARD_NATS_PASSWORD` as a config token, so one starting with `-` (which
+    URL-safe base64 made 1 time in 64) or made of digits is taken for a number and the
+    config does not load: letters and hex digits, a letter first."""
+    return "sy" + secrets.token_hex(32)
+
+
+def nats_password_ok(password: str) -> bool:
+    """Whether nats-server takes `password` as a string (see `nats_password`)."""
+    return bool(password) and password[0].isalpha() and password.isalnum()
 
 
 def find_nats_server() -> Path:
@@ -615,11 +629,15 @@ class Stack:
                 health_url=f"http://{bind}/healthz",
             ))
 
-    def _persisted(self, name: str, make: Callable[[], str]) -> str:
-        """A generated secret kept in the run dir (0600), reused by the next `up`."""
+    def _persisted(self, name: str, make: Callable[[], str],
+                   valid: Callable[[str], bool] = lambda _: True) -> str:
+        """A generated secret kept in the run dir (0600), reused by the next `up` (made
+        anew if the kept one is not `valid`)."""
         path = self.run_dir / name
         if path.exists():
-            return path.read_text().strip()
+            kept = path.read_text().strip()
+            if valid(kept):
+                return kept
         value = make()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -711,8 +729,7 @@ class Stack:
             res = subprocess.run(init, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=REPO)
             if res.returncode != 0:
                 raise StackError(f"`{shlex.join(init)}` exited {res.returncode}: {res.stderr.strip()}")
-            password = self._persisted(
-                "nats-password", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("="))
+            password = self._persisted("nats-password", nats_password, valid=nats_password_ok)
             env["SWITCHYARD_NATS_PASSWORD"] = password
             # nats-server resolves includes relative to the including file only.
             top = self.run_dir / "nats-server.conf"
