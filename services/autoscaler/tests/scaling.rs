@@ -226,6 +226,15 @@ impl Harness {
         Ok(out)
     }
 
+    /// Polls the autoscaler's metric `name` until it is at least `min` (bounded).
+    async fn wait_metric(&self, name: &str, min: f64, within: Duration, what: &str) {
+        let deadline = tokio::time::Instant::now() + within;
+        while metric(&self.metrics().await, name) < min {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn metrics(&self) -> String {
         reqwest::get(&self.metrics_url)
             .await
@@ -363,14 +372,13 @@ async fn a_burst_scales_up_to_max_from_zero_then_back_to_zero() {
     }
     assert_eq!(answered, 4);
     // The loop records the cold start on the tick after the first instance pulled.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric(&h.metrics().await, "autoscaler_cold_start_seconds_count") < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the cold start was never recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    h.wait_metric(
+        "autoscaler_cold_start_seconds_count",
+        1.0,
+        Duration::from_secs(10),
+        "the cold start was never recorded",
+    )
+    .await;
     let m = h.metrics().await;
     let peak = metric(
         &m,
@@ -779,14 +787,13 @@ async fn an_instance_that_reconnects_after_the_autoscaler_is_not_taken_for_lost(
 
     // Silent for real now (NATS up): still found lost, after its deadline.
     on.store(false, Ordering::SeqCst);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while metric(&h.metrics().await, "autoscaler_crashes_total") < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a silent instance was never taken for lost"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    h.wait_metric(
+        "autoscaler_crashes_total",
+        1.0,
+        Duration::from_secs(30),
+        "a silent instance was never taken for lost",
+    )
+    .await;
     assert!(
         h.usage_events()
             .await
