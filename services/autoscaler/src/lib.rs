@@ -505,9 +505,10 @@ impl Reconciler {
     }
 
     /// One pass over KV `instances`: the ready instances per (account, model), and the
-    /// instances lost since the last pass — silent for longer than
-    /// [`Config::heartbeat_deadline`] of their period, or whose heartbeat expired
-    /// (the bucket's max age) rather than being deleted as a stopping instance does.
+    /// instances lost since the last pass: silent for longer than
+    /// [`Config::heartbeat_deadline`] of their period, their heartbeat unchanged or
+    /// expired (the bucket's max age; a stopping instance deletes its own), counted
+    /// only over time this autoscaler could read NATS.
     async fn read_heartbeats(&mut self) -> Vec<InstanceHeartbeat> {
         let Ok(mut keys) = self.instances.keys().await else {
             self.blind = true;
