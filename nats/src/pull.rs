@@ -27,6 +27,7 @@ pub const EXPIRES: Duration = Duration::from_secs(30);
 pub struct Messages {
     consumer: PullConsumer,
     batch: usize,
+    heartbeat: Duration,
     stream: Option<Stream>,
 }
 
@@ -44,9 +45,19 @@ pub enum PullError {
 impl Messages {
     /// Opens the stream: the first pull request goes out.
     pub async fn new(consumer: PullConsumer, batch: usize) -> Result<Self, PullError> {
+        Self::with_heartbeat(consumer, batch, HEARTBEAT).await
+    }
+
+    /// [`Self::new`] with another idle heartbeat (tests: at most half of [`EXPIRES`]).
+    pub async fn with_heartbeat(
+        consumer: PullConsumer,
+        batch: usize,
+        heartbeat: Duration,
+    ) -> Result<Self, PullError> {
         let mut me = Self {
             consumer,
             batch: batch.max(1),
+            heartbeat,
             stream: None,
         };
         me.stream = Some(me.open().await?);
@@ -57,7 +68,7 @@ impl Messages {
         self.consumer
             .stream()
             .max_messages_per_batch(self.batch)
-            .heartbeat(HEARTBEAT)
+            .heartbeat(self.heartbeat)
             .expires(EXPIRES)
             .messages()
             .await
