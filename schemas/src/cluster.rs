@@ -186,6 +186,12 @@ pub struct InstanceHeartbeat {
     /// for three of these (and the autoscaler's grace) is taken for lost.
     #[serde(default)]
     pub period_ms: Option<u64>,
+    /// The end of the period the instance published from `billed_until_ms` but has no
+    /// PubAck for: it may be stored (the client sends what it buffered once it
+    /// reconnects), so a tail billed for this instance goes from here on, and that
+    /// period itself is published again exactly as the instance made it.
+    #[serde(default)]
+    pub unconfirmed_until_ms: Option<i64>,
 }
 
 /// `<account-token>.<model-token>`: a cluster's name in KV keys.

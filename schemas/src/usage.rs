@@ -103,6 +103,34 @@ impl UsageEvent {
         format!("period:{instance_id}:{start_ms}")
     }
 
+    /// The period `[start_ms, end_ms)` of instance `instance_id` of `account`'s cluster
+    /// of `model`, under its deterministic id ([`Self::period_id`]): whoever publishes
+    /// the same period (the instance, or the autoscaler billing a dead one's tail)
+    /// publishes the same event.
+    pub fn instance_period(
+        account: &str,
+        model: &str,
+        instance_type: &str,
+        instance_id: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Self {
+        Self {
+            schema_version: crate::SCHEMA_VERSION,
+            event_id: Self::period_id(instance_id, start_ms),
+            account: account.to_string(),
+            emitted_at: chrono::Utc::now(),
+            body: UsageBody::InstancePeriod {
+                cluster: model.to_string(),
+                model: model.to_string(),
+                instance_type: instance_type.to_string(),
+                instance_id: instance_id.to_string(),
+                start_ms,
+                end_ms,
+            },
+        }
+    }
+
     /// `lifecycle:<instance>:<state>`: an instance enters each state once.
     pub fn lifecycle_id(instance_id: &str, state: InstanceState) -> String {
         format!("lifecycle:{instance_id}:{}", state.as_str())

@@ -636,26 +636,31 @@ impl Reconciler {
     }
 
     /// An instance died without reporting its last period: bill it from its heartbeat's
-    /// `billed_until_ms` to `at_ms`, under the id the instance would have used, record
-    /// it as failed, and delete its heartbeat (so it is billed once).
+    /// `billed_until_ms` to `at_ms`, under the ids the instance would have used, record
+    /// it as failed, and delete its heartbeat (so it is billed once). A period it had
+    /// published without a PubAck (`unconfirmed_until_ms`) may be stored already: it
+    /// is published again exactly as the instance made it, and the tail starts at its
+    /// end.
     async fn bill_tail(&self, beat: &InstanceHeartbeat, at_ms: i64) {
         let (account, model, instance_id) = (&beat.account, &beat.model, &beat.instance_id);
+        let period = |start, end| {
+            UsageEvent::instance_period(
+                account,
+                model,
+                &beat.instance_type,
+                instance_id,
+                start,
+                end,
+            )
+        };
         let mut events = Vec::new();
-        if at_ms > beat.billed_until_ms {
-            events.push(UsageEvent {
-                schema_version: schemas::SCHEMA_VERSION,
-                event_id: UsageEvent::period_id(instance_id, beat.billed_until_ms),
-                account: account.to_string(),
-                emitted_at: Utc::now(),
-                body: UsageBody::InstancePeriod {
-                    cluster: model.to_string(),
-                    model: model.to_string(),
-                    instance_type: beat.instance_type.clone(),
-                    instance_id: instance_id.to_string(),
-                    start_ms: beat.billed_until_ms,
-                    end_ms: at_ms,
-                },
-            });
+        let mut start = beat.billed_until_ms;
+        if let Some(end) = beat.unconfirmed_until_ms.filter(|&end| end > start) {
+            events.push(period(start, end));
+            start = end;
+        }
+        if at_ms > start {
+            events.push(period(start, at_ms));
         }
         events.push(UsageEvent {
             schema_version: schemas::SCHEMA_VERSION,

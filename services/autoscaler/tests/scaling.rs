@@ -714,6 +714,7 @@ fn fake_instance(
         execution_provider: Some("CPUExecutionProvider".into()),
         pid: None,
         period_ms: Some(1_000),
+        unconfirmed_until_ms: None,
     };
     let key = schemas::cluster::heartbeat_key("dev", MINILM, instance_id).unwrap();
     tokio::spawn(async move {
@@ -801,4 +802,83 @@ async fn an_instance_that_reconnects_after_the_autoscaler_is_not_taken_for_lost(
             .any(|e| e.event_id == UsageEvent::lifecycle_id(instance, InstanceState::Failed))
     );
     beating.abort();
+}
+
+#[tokio::test]
+async fn a_dead_instance_s_unconfirmed_period_is_not_a_gap_in_its_bill() {
+    // An instance that beats every second, silent for 3 s + 0.5 s, is lost.
+    let h = start_with(60_000, 300, &["--heartbeat-grace-ms", "500"]).await;
+    let instance = "fake-instance-2";
+    let start_ms = Utc::now().timestamp_millis() - 10_000;
+    let (billed_until, unconfirmed_until) = (start_ms + 5_000, start_ms + 6_000);
+    // Its last heartbeat: billed to `billed_until`, and the period after it published
+    // without a PubAck — which did land, as a client's buffered publish does once it
+    // reconnects.
+    let landed = UsageEvent::instance_period(
+        "dev",
+        MINILM,
+        "cpu",
+        instance,
+        billed_until,
+        unconfirmed_until,
+    );
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(schemas::headers::MSG_ID, landed.event_id.as_str());
+    h.js.publish_with_headers(
+        landed.subject().unwrap(),
+        headers,
+        schemas::encode(&landed).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let beat = InstanceHeartbeat {
+        instance_id: instance.into(),
+        account: "dev".into(),
+        model: MINILM.into(),
+        instance_type: "cpu".into(),
+        state: InstanceState::Ready,
+        started_ms: start_ms,
+        billed_until_ms: billed_until,
+        beat_ms: unconfirmed_until + 100,
+        execution_provider: Some("CPUExecutionProvider".into()),
+        pid: None,
+        period_ms: Some(1_000),
+        unconfirmed_until_ms: Some(unconfirmed_until),
+    };
+    let kv =
+        h.js.get_key_value(subjects::INSTANCES_BUCKET)
+            .await
+            .unwrap();
+    kv.put(
+        schemas::cluster::heartbeat_key("dev", MINILM, instance).unwrap(),
+        serde_json::to_vec(&beat).unwrap().into(),
+    )
+    .await
+    .unwrap();
+
+    h.wait_metric(
+        "autoscaler_crashes_total",
+        1.0,
+        Duration::from_secs(30),
+        "the silent instance was never taken for lost",
+    )
+    .await;
+    // Billed from its mark through the landed period to its last heartbeat, no gap.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = h.usage_events().await;
+        let periods = billed_periods(&events, instance);
+        if periods.last().unwrap().1 >= beat.beat_ms {
+            assert_eq!(periods[0], (billed_until, unconfirmed_until), "{periods:?}");
+            assert_eq!(periods.last().unwrap().1, beat.beat_ms, "{periods:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tail after the unconfirmed period was never billed: {periods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

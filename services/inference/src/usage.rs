@@ -112,10 +112,7 @@ impl Reporter {
                     self.period_event(self.billed_until_ms, now)
                 }
             };
-            let end = match &event.body {
-                UsageBody::InstancePeriod { end_ms, .. } => *end_ms,
-                _ => self.billed_until_ms,
-            };
+            let end = period_end(&event).unwrap_or(self.billed_until_ms);
             if !self.publish(&event).await {
                 self.unconfirmed = Some(event);
                 break;
@@ -128,20 +125,14 @@ impl Reporter {
 
     /// The period `[start_ms, end_ms)` of this instance, under its deterministic id.
     fn period_event(&self, start_ms: i64, end_ms: i64) -> UsageEvent {
-        UsageEvent {
-            schema_version: schemas::SCHEMA_VERSION,
-            event_id: UsageEvent::period_id(&self.me.instance_id, start_ms),
-            account: self.me.account.clone(),
-            emitted_at: Utc::now(),
-            body: UsageBody::InstancePeriod {
-                cluster: self.me.model.clone(),
-                model: self.me.model.clone(),
-                instance_type: self.me.instance_type.clone(),
-                instance_id: self.me.instance_id.clone(),
-                start_ms,
-                end_ms,
-            },
-        }
+        UsageEvent::instance_period(
+            &self.me.account,
+            &self.me.model,
+            &self.me.instance_type,
+            &self.me.instance_id,
+            start_ms,
+            end_ms,
+        )
     }
 
     /// The last period, `stopped`, and the heartbeat removed.
@@ -167,6 +158,7 @@ impl Reporter {
             state: self.state,
             started_ms: self.started_ms,
             billed_until_ms: self.billed_until_ms,
+            unconfirmed_until_ms: self.unconfirmed.as_ref().and_then(period_end),
             beat_ms: now_ms(),
             execution_provider: Some(self.me.execution_provider.clone()),
             pid: Some(std::process::id()),
@@ -204,5 +196,13 @@ impl Reporter {
                 false
             }
         }
+    }
+}
+
+/// The end of a period event.
+fn period_end(event: &UsageEvent) -> Option<i64> {
+    match &event.body {
+        UsageBody::InstancePeriod { end_ms, .. } => Some(*end_ms),
+        _ => None,
     }
 }
