@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use serde::Deserialize;
 
+pub mod inflight;
 pub mod pull;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -192,6 +192,11 @@ pub struct InstanceHeartbeat {
     /// period itself is published again exactly as the instance made it.
     #[serde(default)]
     pub unconfirmed_until_ms: Option<i64>,
+    /// The JetStream ack subjects (`$JS.ACK.…`) of the deliveries the instance was
+    /// running when it wrote this heartbeat: if it dies, the autoscaler NAKs them so
+    /// they are redelivered at once rather than after the ack wait.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_flight_acks: Vec<String>,
 }
 
 /// `<account-token>.<model-token>`: a cluster's name in KV keys.

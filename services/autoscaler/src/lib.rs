@@ -277,6 +277,7 @@ impl Reconciler {
                 if let Pool::Cluster { account, model } = &exited.pool
                     && let Some(beat) = self.heartbeat(account, model, &exited.instance_id).await
                 {
+                    self.redeliver(&beat).await;
                     self.bill_tail(&beat, exited.at_ms).await;
                 }
             }
@@ -632,6 +633,29 @@ impl Reconciler {
                 );
                 None
             }
+        }
+    }
+
+    /// NAKs the deliveries a dead instance listed in its last heartbeat, so JetStream
+    /// redelivers them now rather than after the ack wait. Only for an exit just
+    /// reaped: nats-server does not check which delivery a NAK names, so a late one
+    /// could start a second run of a message already redelivered
+    /// (`switchyard_nats::inflight`). A delivery that finished meanwhile is no longer
+    /// pending, and its NAK is ignored.
+    async fn redeliver(&self, beat: &InstanceHeartbeat) {
+        let client = self.js.client();
+        let acks: Vec<&String> = beat
+            .in_flight_acks
+            .iter()
+            .filter(|ack| ack.starts_with(switchyard_nats::inflight::ACK_PREFIX))
+            .collect();
+        for ack in &acks {
+            if let Err(e) = client.publish((*ack).clone(), "-NAK".into()).await {
+                tracing::warn!(error = %e, "cannot NAK a dead instance's delivery; it comes back after the ack wait");
+            }
+        }
+        if !acks.is_empty() {
+            tracing::info!(instance = %beat.instance_id, deliveries = acks.len(), "a dead instance's deliveries redelivered now");
         }
     }
 

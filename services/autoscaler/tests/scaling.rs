@@ -452,10 +452,19 @@ async fn a_killed_instance_is_replaced_its_request_answered_and_its_usage_billed
     h.put_spec(SMOLLM, 1, 1, 0).await;
     h.wait_status(SMOLLM, "a warm instance", |s| s.state == ClusterState::Idle)
         .await;
-    let beats =
-        h.js.get_key_value(subjects::INSTANCES_BUCKET)
-            .await
-            .unwrap();
+    // The server announces every NAK of the cluster's queue.
+    let consumer = switchyard_nats::open_model_consumer_name(
+        &subjects::model_token(SMOLLM).unwrap(),
+        &subjects::model_token("dev").unwrap(),
+    );
+    let mut naks = h
+        .client
+        .subscribe(format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED.{}.{consumer}",
+            subjects::REQUESTS_STREAM
+        ))
+        .await
+        .unwrap();
     let (_, mut sub) = h
         .publish(
             SMOLLM,
@@ -478,22 +487,42 @@ async fn a_killed_instance_is_replaced_its_request_answered_and_its_usage_billed
             },
         )
         .await;
-    // The first chunk: the instance is generating. Kill it (-9: no drain, no goodbye).
+    // The first chunk: the instance is generating. Kill it (-9: no drain, no goodbye)
+    // once its heartbeat lists the delivery.
     let first = switchyard_worker::testing::next_chunk(&mut sub, Duration::from_secs(90))
         .await
         .unwrap();
     assert_eq!(first.seq, 0);
-    let mut keys = beats.keys().await.unwrap();
-    let key = keys.next().await.unwrap().unwrap();
-    let beat: InstanceHeartbeat =
-        serde_json::from_slice(&beats.get(&key).await.unwrap().unwrap()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let beat = loop {
+        let beats = h.heartbeats().await.unwrap();
+        assert_eq!(beats.len(), 1, "{beats:?}");
+        if !beats[0].in_flight_acks.is_empty() {
+            break beats[0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the heartbeat never listed the delivery"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(beat.in_flight_acks.len(), 1, "{beat:?}");
+    assert!(beat.in_flight_acks[0].starts_with("$JS.ACK.REQUESTS."));
     let status = std::process::Command::new("kill")
         .args(["-KILL", &beat.pid.unwrap().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    // After the ack wait, JetStream redelivers it to the replacement, which answers
-    // from the start (seq 0 again) to the end.
+    // The autoscaler NAKs the dead instance's delivery (the server says so), so
+    // JetStream redelivers it to the replacement at once rather than after the 30 s
+    // ack wait; the replacement answers from the start (seq 0 again) to the end.
+    let nak = tokio::time::timeout(Duration::from_secs(30), naks.next())
+        .await
+        .expect("the dead instance's delivery was never NAKed")
+        .unwrap();
+    let nak: serde_json::Value = serde_json::from_slice(&nak.payload).unwrap();
+    assert_eq!(nak["type"], "io.nats.jetstream.advisory.v1.nak", "{nak}");
+    assert_eq!(nak["deliveries"], 1, "{nak}");
     let mut restarted = false;
     let mut last = None;
     while last.is_none() {
@@ -661,15 +690,24 @@ async fn instances_outlive_a_nats_server_outage_longer_than_their_heartbeat_dead
     let chunks = reply(&mut sub).await;
     let last = chunks.last().unwrap();
     assert!(last.error.is_none(), "{:?}", last.error);
-    // By the same instance: it is still the only one.
-    let ids: Vec<String> = h
-        .heartbeats()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.instance_id)
-        .collect();
-    assert_eq!(ids, vec![beat.instance_id.clone()]);
+    // By the same instance: it is still the only one, and once answered the request
+    // is no longer listed as running.
+    let answered_ms = Utc::now().timestamp_millis();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let beats = h.heartbeats().await.unwrap();
+        let ids: Vec<&str> = beats.iter().map(|b| b.instance_id.as_str()).collect();
+        assert_eq!(ids, vec![beat.instance_id.as_str()]);
+        if beats[0].beat_ms > answered_ms {
+            break beats[0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no heartbeat after the answer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(after.in_flight_acks.is_empty(), "{after:?}");
 
     // The outage is billed: the instance ran through it, and its periods join up
     // across it.
@@ -715,6 +753,7 @@ fn fake_instance(
         pid: None,
         period_ms: Some(1_000),
         unconfirmed_until_ms: None,
+        in_flight_acks: Vec::new(),
     };
     let key = schemas::cluster::heartbeat_key("dev", MINILM, instance_id).unwrap();
     tokio::spawn(async move {
@@ -846,6 +885,7 @@ async fn a_dead_instance_s_unconfirmed_period_is_not_a_gap_in_its_bill() {
         pid: None,
         period_ms: Some(1_000),
         unconfirmed_until_ms: Some(unconfirmed_until),
+        in_flight_acks: Vec::new(),
     };
     let kv =
         h.js.get_key_value(subjects::INSTANCES_BUCKET)

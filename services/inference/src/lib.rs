@@ -298,6 +298,7 @@ pub async fn serve(
     } else {
         model.open.max_batch.max(1) * 2
     };
+    let in_flight = switchyard_worker::InFlight::default();
     let worker = Arc::new(worker::Worker {
         model_id: model.id.clone(),
         open: model.open.clone(),
@@ -313,6 +314,7 @@ pub async fn serve(
         },
         cancels,
         metrics: metrics.clone(),
+        in_flight: in_flight.clone(),
     });
     let health = switchyard_worker::Health::new(client);
     let app = health.router({
@@ -339,6 +341,7 @@ pub async fn serve(
             execution_provider: model.provider.to_string(),
         },
         config.usage_period(),
+        in_flight,
     )
     .await;
     reporter.lifecycle(schemas::InstanceState::Ready).await;

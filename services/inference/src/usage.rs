@@ -40,6 +40,8 @@ pub struct Reporter {
     billed_until_ms: i64,
     /// The period published but not confirmed, retried as it is.
     unconfirmed: Option<UsageEvent>,
+    /// The deliveries running, listed in each heartbeat.
+    in_flight: switchyard_worker::InFlight,
     state: InstanceState,
     /// How often a period is reported (and the heartbeat written).
     pub period: Duration,
@@ -52,7 +54,12 @@ pub fn now_ms() -> i64 {
 
 impl Reporter {
     /// Starts the record: the `started` event, the first heartbeat.
-    pub async fn start(js: jetstream::Context, me: Identity, period: Duration) -> Self {
+    pub async fn start(
+        js: jetstream::Context,
+        me: Identity,
+        period: Duration,
+        in_flight: switchyard_worker::InFlight,
+    ) -> Self {
         let kv = match js.get_key_value(schemas::subjects::INSTANCES_BUCKET).await {
             Ok(kv) => Some(kv),
             Err(e) => {
@@ -68,6 +75,7 @@ impl Reporter {
             started_ms: now,
             billed_until_ms: now,
             unconfirmed: None,
+            in_flight,
             state: InstanceState::Started,
             period,
         };
@@ -159,6 +167,7 @@ impl Reporter {
             started_ms: self.started_ms,
             billed_until_ms: self.billed_until_ms,
             unconfirmed_until_ms: self.unconfirmed.as_ref().and_then(period_end),
+            in_flight_acks: self.in_flight.acks(),
             beat_ms: now_ms(),
             execution_provider: Some(self.me.execution_provider.clone()),
             pid: Some(std::process::id()),

@@ -31,6 +31,8 @@ pub struct Worker {
     pub intake: Intake,
     pub cancels: Cancels,
     pub metrics: Metrics,
+    /// The deliveries running now (listed in the heartbeat).
+    pub in_flight: switchyard_worker::InFlight,
 }
 
 fn invalid(message: impl Into<String>) -> ErrorBody {
@@ -44,6 +46,7 @@ fn with_param(mut e: ErrorBody, param: &str) -> ErrorBody {
 
 /// Handles one message; always acks, naks or terminates it.
 pub async fn handle(worker: Arc<Worker>, message: jetstream::Message) {
+    let _running = worker.in_flight.track(&message);
     let Some(Received {
         envelope,
         sealed,

@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 
 pub use cancels::{Cancels, Watch};
 pub use sink::{ChunkSink, ResultMeta, SendError, publish_result};
+pub use switchyard_nats::inflight::InFlight;
 pub use switchyard_nats::{DeadLetter, dead_letter};
 
 /// Attempts a batch request gets: a request whose worker stopped (crashed, killed)
