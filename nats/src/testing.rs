@@ -129,6 +129,29 @@ impl NatsServer {
         let _ = self.child.wait();
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered, and
+    /// what clients write waits in the socket. [`Self::thaw`] resumes it; a frozen
+    /// server can be [`Self::kill`]ed, and what it had not read is lost with it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a server [`Self::freeze`] stopped.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "kill {signal} {} failed",
+            self.child.id()
+        );
+    }
+
     /// Starts the server [`Self::kill`] stopped, on the same port with the same store,
     /// config and environment; returns once it accepts connections.
     pub fn start_again(&mut self) -> Result<(), String> {
@@ -278,6 +301,32 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Publishes to JetStream until the stream stores the message (a client may still be
+/// reconnecting to a server that was just started again), for up to `within`.
+pub async fn publish_until_stored(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    payload: bytes::Bytes,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let stored = async {
+            js.publish(subject.to_string(), payload.clone())
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+        };
+        match stored.await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!("not stored within {within:?}: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }
 

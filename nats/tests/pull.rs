@@ -13,14 +13,6 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use switchyard_nats::pull::{Messages, PullError};
 use switchyard_nats::testing::NatsServer;
 
-fn signal(server: &NatsServer, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// The next message's payload, skipping the errors the stream reports meanwhile
 /// (bounded); returns them too.
 async fn next_payload(messages: &mut Messages, within: Duration) -> (String, Vec<String>) {
@@ -44,23 +36,14 @@ async fn next_payload(messages: &mut Messages, within: Duration) -> (String, Vec
 
 /// Publishes until the stream stores it (the client may still be reconnecting).
 async fn publish(js: &jetstream::Context, payload: &'static str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let stored = async {
-            js.publish("t.x", payload.into())
-                .await?
-                .await
-                .map_err(async_nats::Error::from)
-        };
-        match stored.await {
-            Ok(_) => return,
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "could not publish {payload}: {e}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    switchyard_nats::testing::publish_until_stored(
+        js,
+        "t.x",
+        payload.into(),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -92,12 +75,12 @@ async fn a_pull_stream_carries_on_after_the_server_stops_answering_it() {
     );
 
     // Frozen: no idle heartbeat arrives, and the stream says so (then starts over).
-    signal(&server, "-STOP");
+    server.freeze();
     let missed = tokio::time::timeout(Duration::from_secs(10), messages.next())
         .await
         .expect("a missed heartbeat reported within 10 s")
         .unwrap();
-    signal(&server, "-CONT");
+    server.thaw();
     match missed {
         Err(PullError::Messages(e)) => assert_eq!(
             e.kind(),

@@ -226,17 +226,33 @@ where
     Ok(())
 }
 
-/// Up to `max` messages `consumer` has now, without waiting for more.
+/// How long a `no_wait` batch fetch may go unanswered. The server answers at once
+/// (the messages it has, then a status); no answer means the request was lost with a
+/// server that went away, and nothing would ever end the fetch.
+pub const FETCH_ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
+/// Up to `max` messages `consumer` has now, without waiting for more. A fetch left
+/// unanswered for [`FETCH_ANSWER_WITHIN`] ends with what it got (the rest, if any
+/// comes later, is redelivered after the ack wait).
 async fn fetch_now(
     consumer: &PullConsumer,
     max: usize,
 ) -> Result<Vec<jetstream::Message>, async_nats::Error> {
     let mut batch = consumer.fetch().max_messages(max).messages().await?;
     let mut out = Vec::with_capacity(max);
-    while let Some(message) = batch.next().await {
-        out.push(message?);
+    loop {
+        match tokio::time::timeout(FETCH_ANSWER_WITHIN, batch.next()).await {
+            Ok(Some(message)) => out.push(message?),
+            Ok(None) => return Ok(out),
+            Err(_) => {
+                tracing::warn!(
+                    received = out.len(),
+                    "a batch fetch went unanswered; asking again"
+                );
+                return Ok(out);
+            }
+        }
     }
-    Ok(out)
 }
 
 /// A request taken off the stream and opened, ready to run.
