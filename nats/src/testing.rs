@@ -304,6 +304,21 @@ impl Drop for NatsServer {
     }
 }
 
+/// A plain file-backed stream `name` over `subjects` (a scratch stream for a test).
+pub async fn scratch_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    subjects: &str,
+) -> Result<async_nats::jetstream::stream::Stream, String> {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.into(),
+        subjects: vec![subjects.into()],
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
 /// Publishes to JetStream until the stream stores the message (a client may still be
 /// reconnecting to a server that was just started again), for up to `within`.
 pub async fn publish_until_stored(

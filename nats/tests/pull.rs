@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::pull};
 use switchyard_nats::pull::{Messages, PullError};
-use switchyard_nats::testing::NatsServer;
+use switchyard_nats::testing::{NatsServer, scratch_stream};
 
 /// The next message's payload, skipping the errors the stream reports meanwhile
 /// (bounded); returns them too.
@@ -50,14 +50,7 @@ async fn publish(js: &jetstream::Context, payload: &'static str) {
 async fn a_pull_stream_carries_on_after_the_server_stops_answering_it() {
     let mut server = NatsServer::start().unwrap();
     let js = jetstream::new(server.connect().await.unwrap());
-    let stream = js
-        .create_stream(stream::Config {
-            name: "T".into(),
-            subjects: vec!["t.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream = scratch_stream(&js, "T", "t.>").await.unwrap();
     let consumer: jetstream::consumer::PullConsumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("c".into()),

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
-use switchyard_nats::testing::{NatsServer, publish_until_stored};
+use switchyard_nats::testing::{NatsServer, publish_until_stored, scratch_stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,14 +38,7 @@ async fn a_batch_fetch_lost_with_the_server_does_not_stall_the_worker() {
     let mut server = NatsServer::start().unwrap();
     let client = server.connect().await.unwrap();
     let js = jetstream::new(client.clone());
-    let stream = js
-        .create_stream(stream::Config {
-            name: "T".into(),
-            subjects: vec!["t.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream = scratch_stream(&js, "T", "t.>").await.unwrap();
     let live = consumer(&stream, "live").await;
     let batch = consumer(&stream, "batch").await;
 
