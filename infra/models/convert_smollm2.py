@@ -360,7 +360,7 @@ def build_model(w: dict, cfg: dict, nbits: bool) -> onnx.ModelProto:
         # + (sum of the input over each block) @ (each block's constant part): Q4_1's minimum.
         # The constants are stored [N, K/32] and multiplied transposed: the same sums, but
         # onnxruntime reads them ~9 % faster per decode step than a plain [K/32, N] MatMul
-        # (loadtest/RESULTS.md, 2026-12-07 13:00).
+        # (loadtest/RESULTS.md, 2026-12-07 12:55).
         b.const(name + ".weight_block_corr_t", np.ascontiguousarray(corr.T))
         blocks = b.op("Reshape", [inp, "shape_blocks"], name=name + "/blocks")  # [B,S,K/32,32]
         sums = b.op("ReduceSum", [blocks, "ax_last"], name=name + "/block_sums", keepdims=0)
