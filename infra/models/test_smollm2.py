@@ -31,6 +31,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import convert_smollm2  # noqa: E402 - the converter's session_options and constants
+
 MODEL_NAME = "SmolLM2-135M-Instruct"
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -99,7 +102,8 @@ def dirs(gguf_path: Path, tmp_path_factory) -> dict[str, Path]:
         return {"deployed": installed, "fp32": installed}
     out = tmp_path_factory.mktemp("convert") / MODEL_NAME
     proc = subprocess.run(
-        [sys.executable, str(CONVERTER), "--gguf", str(gguf_path), "--out", str(out), "--keep-fp32"],
+        [sys.executable, str(CONVERTER), "--gguf", str(gguf_path), "--out", str(out), "--keep-fp32",
+         "--ops-library", str(_ops_library(installed))],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"converter failed:\n{proc.stderr[-4000:]}"
@@ -108,9 +112,18 @@ def dirs(gguf_path: Path, tmp_path_factory) -> dict[str, Path]:
     return {"deployed": deployed, "fp32": out}
 
 
+def _ops_library(installed: Path) -> Path:
+    """The custom-op library: the one deployed beside the model, or a fresh cargo build."""
+    lib = installed / convert_smollm2.OPS_LIBRARY
+    if lib.is_file():
+        return lib
+    import setup  # noqa: PLC0415 - infra/models/setup.py
+
+    return setup.ops_library()
+
+
 def _session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = THREADS
+    so = convert_smollm2.session_options(path, THREADS)
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
@@ -402,11 +415,15 @@ def test_deployed_model_is_the_quantized_conversion_of_this_gguf(dirs, gguf_path
     d = dirs["deployed"]
     conv = json.loads((d / "conversion.json").read_text())
     assert conv["gguf_sha256"] == hashlib.sha256(gguf_path.read_bytes()).hexdigest()
+    assert conv["quantization"]["method"] == "fused"
+    assert (d / convert_smollm2.OPS_LIBRARY).is_file()
     m = onnx.load(str(d / "model.onnx"), load_external_data=False)
-    nbits = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == 4 * gen_cfg["num_layers"] + 1, Counter(n.op_type for n in m.graph.node)
-    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in nbits}
-    assert all(b == 4 for name, b in bits.items() if name.startswith("layers."))
+    ops = Counter((n.domain, n.op_type) for n in m.graph.node)
+    # every layer linear (qkv, o, gate_up, down) in the custom op; only the lm_head in MatMulNBits
+    assert ops[("switchyard", "MatMulQ4_1")] == 4 * gen_cfg["num_layers"], ops
+    (nbits,) = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
+    assert nbits.name == "logits" and next(a.i for a in nbits.attribute if a.name == "bits") == 8
+    assert not [n for n in m.graph.node if n.op_type in ("FusedMatMul", "ReduceSum")], "no correction ops left"
 
 
 def test_fp32_graph_matches_numpy_reference(fp32, ref_model, bpe):

@@ -98,6 +98,8 @@ fn builder(
             .with_intra_threads(config.threads)
             .map_err(|e| session_error(path, e))?;
     }
+    // The project's custom ops (services/blockops), for graphs that use them.
+    switchyard_blockops::register_on(&mut b).map_err(|e| session_error(path, e))?;
     Ok(b)
 }
 
