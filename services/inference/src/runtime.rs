@@ -54,9 +54,19 @@ pub fn init(lib: &Path) -> Result<Environment, RuntimeError> {
             });
         }
     };
-    builder
+    let env = builder
         .build()
-        .map_err(|e| RuntimeError::Environment(e.to_string()))
+        .map_err(|e| RuntimeError::Environment(e.to_string()))?;
+    let isa = switchyard_blockops::kernel::Isa::best();
+    if isa == switchyard_blockops::kernel::Isa::Portable {
+        tracing::warn!(
+            kernel = isa.name(),
+            "this CPU has no AVX2: the MatMulQ4_1 op runs its portable code, several times slower than onnxruntime's own kernels; convert SmolLM2 with `--quant exact` for such hosts"
+        );
+    } else {
+        tracing::info!(kernel = isa.name(), "MatMulQ4_1 custom op ready");
+    }
+    Ok(env)
 }
 
 /// Session settings shared by every model.
