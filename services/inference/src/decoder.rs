@@ -215,12 +215,12 @@ pub fn render_chat(template: &str, messages: &[Message]) -> Result<String, Strin
 
 /// Picks the next token from `logits`.
 pub fn sample(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
+    // The first largest logit. Two plain passes (a max the compiler vectorizes, then a
+    // find) instead of one max_by with total_cmp: 70 µs → ~10 µs over SmolLM2's 49,152
+    // logits, a step's 1 %. NaN never wins (all NaN: token 0).
     let argmax = || {
-        logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i as u32)
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        logits.iter().position(|&v| v == max).map_or(0, |i| i as u32)
     };
     if s.temperature <= 0.0 || s.top_k == 1 {
         return argmax();
@@ -650,23 +650,18 @@ impl Engine {
         }
         let mut outputs = self.session.run(inputs).map_err(err)?;
         let logits = {
-            let view = outputs
+            let (shape, data) = outputs
                 .get("logits")
                 .ok_or("the model has no output logits")?
-                .try_extract_array::<f32>()
+                .try_extract_tensor::<f32>()
                 .map_err(err)?;
-            let shape = view.shape().to_vec();
-            if shape.len() != 3 || shape[0] != b || shape[2] != self.config.vocab_size {
+            let vocab = self.config.vocab_size;
+            if **shape != [b as i64, n as i64, vocab as i64] {
                 return Err(format!("logits have shape {shape:?}"));
             }
+            // each row's last position: one contiguous slice of the [b, n, vocab] tensor
             (0..b)
-                .map(|row| {
-                    view.index_axis(ndarray::Axis(0), row)
-                        .index_axis(ndarray::Axis(0), n - 1)
-                        .iter()
-                        .copied()
-                        .collect::<Vec<f32>>()
-                })
+                .map(|row| data[(row * n + n - 1) * vocab..][..vocab].to_vec())
                 .collect()
         };
         let mut present = Vec::with_capacity(self.names.len() * 2);
@@ -697,6 +692,12 @@ mod tests {
         };
         let mut rng = StdRng::seed_from_u64(1);
         assert_eq!(sample(&[0.1, 3.0, -2.0, 2.9], &s, &mut rng), 1);
+        // ties: the first; NaN never wins; all negative
+        assert_eq!(sample(&[1.0, 5.0, 5.0, 2.0], &s, &mut rng), 1);
+        assert_eq!(sample(&[f32::NAN, -3.0, f32::NAN, -1.5, -9.0], &s, &mut rng), 3);
+        let mut big = vec![-1e9f32; 49_152];
+        big[40_000] = -2.5;
+        assert_eq!(sample(&big, &s, &mut rng), 40_000);
     }
 
     #[test]
