@@ -440,6 +440,26 @@ impl Isa {
     }
 }
 
+/// Runs `$tile::<R>` over the activation rows in tiles of `$max` rows (each weight group is
+/// unpacked once per tile), the last tile as large as what is left: one of `$small`.
+/// Unsafe: the kernels' contract (features present, lengths checked by `Plan::new`).
+#[cfg(target_arch = "x86_64")]
+macro_rules! row_tiles {
+    ($p:expr, $cols:expr, $tile:ident, $max:expr, [$($small:literal),*]) => {{
+        let rows = $p.a.rows;
+        let mut r = 0;
+        while r < rows {
+            match rows - r {
+                $($small => $tile::<$small>($p, r, $cols.clone()),)*
+                _ => $tile::<$max>($p, r, $cols.clone()),
+            }
+            r += $max;
+        }
+    }};
+}
+#[cfg(target_arch = "x86_64")]
+use row_tiles;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{GROUP, GROUP_BYTES, Plan, QK};
@@ -456,18 +476,8 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn columns(p: &Plan<'_>, cols: Range<usize>) {
-        let rows = p.a.rows;
-        let mut r = 0;
-        while r < rows {
-            // SAFETY: (for all) the caller's contract; r + tile <= rows.
-            match rows - r {
-                1 => unsafe { tile::<1>(p, r, cols.clone()) },
-                2 => unsafe { tile::<2>(p, r, cols.clone()) },
-                3 => unsafe { tile::<3>(p, r, cols.clone()) },
-                _ => unsafe { tile::<TILE>(p, r, cols.clone()) },
-            }
-            r += TILE;
-        }
+        // SAFETY: the caller's contract.
+        unsafe { super::row_tiles!(p, cols, tile, TILE, [1, 2, 3]) }
     }
 
     /// `n` (at most 4) half floats from `src`, the rest zero, as f32: one load for a whole
@@ -597,22 +607,8 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
     pub(super) unsafe fn columns(p: &Plan<'_>, cols: Range<usize>) {
-        let rows = p.a.rows;
-        let mut r = 0;
-        while r < rows {
-            // SAFETY: (for all four) the caller's contract; r + tile <= rows.
-            match rows - r {
-                1 => unsafe { tile::<1>(p, r, cols.clone()) },
-                2 => unsafe { tile::<2>(p, r, cols.clone()) },
-                3 => unsafe { tile::<3>(p, r, cols.clone()) },
-                4 => unsafe { tile::<4>(p, r, cols.clone()) },
-                5 => unsafe { tile::<5>(p, r, cols.clone()) },
-                6 => unsafe { tile::<6>(p, r, cols.clone()) },
-                7 => unsafe { tile::<7>(p, r, cols.clone()) },
-                _ => unsafe { tile::<TILE>(p, r, cols.clone()) },
-            }
-            r += TILE;
-        }
+        // SAFETY: the caller's contract.
+        unsafe { super::row_tiles!(p, cols, tile, TILE, [1, 2, 3, 4, 5, 6, 7]) }
     }
 
     /// Output columns `cols` of activation rows r0..r0+R.
