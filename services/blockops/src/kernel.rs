@@ -611,9 +611,26 @@ mod avx512 {
         unsafe { super::row_tiles!(p, cols, tile, TILE, [1, 2, 3, 4, 5, 6, 7]) }
     }
 
-    /// Output columns `cols` of activation rows r0..r0+R.
+    /// Output columns `cols` of activation rows r0..r0+R: weight rows two at a time (each
+    /// activation load then feeds both), the last one alone.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
     unsafe fn tile<const R: usize>(p: &Plan<'_>, r0: usize, cols: Range<usize>) {
+        let mut n = cols.start;
+        // SAFETY (both): the caller's contract; n + W <= cols.end.
+        while n + 2 <= cols.end {
+            unsafe { weight_rows::<R, 2>(p, r0, n) };
+            n += 2;
+        }
+        if n < cols.end {
+            unsafe { weight_rows::<R, 1>(p, r0, n) };
+        }
+    }
+
+    /// Outputs n0..n0+W of activation rows r0..r0+R.
+    // i (weight row) and j (activation row) index several arrays and pointers at once.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+    unsafe fn weight_rows<const R: usize, const W: usize>(p: &Plan<'_>, r0: usize, n0: usize) {
         let (w, a) = (&p.w, p.a);
         let nb = w.k / QK;
         let groups = a.padded / GROUP;
@@ -625,63 +642,78 @@ mod avx512 {
         // for groups of 4 whole blocks, the last partial group uses masked loads; activation
         // rows are padded to whole groups (Activations::quantize).
         unsafe {
-            for n in cols {
-                let qrow = w.qs.as_ptr().add(n * nb * QK / 2);
-                let drow = w.d.as_ptr().add(n * nb);
-                let mrow = w.m.as_ptr().add(n * nb);
-                let mut acc = [_mm512_setzero_ps(); R];
-                for g in 0..groups {
-                    let here = (nb - g * GROUP).min(GROUP);
+            let qrow: [*const u8; W] =
+                std::array::from_fn(|i| w.qs.as_ptr().add((n0 + i) * nb * QK / 2));
+            let drow: [*const u16; W] = std::array::from_fn(|i| w.d.as_ptr().add((n0 + i) * nb));
+            let mrow: [*const u16; W] = std::array::from_fn(|i| w.m.as_ptr().add((n0 + i) * nb));
+            let mut acc = [[_mm512_setzero_ps(); R]; W];
+            for g in 0..groups {
+                let here = (nb - g * GROUP).min(GROUP);
+                let mut lo = [_mm512_setzero_si512(); W];
+                let mut hi = [_mm512_setzero_si512(); W];
+                let mut dw16 = [_mm512_setzero_ps(); W];
+                for i in 0..W {
                     let (v, dw) = if here == GROUP {
                         (
-                            _mm512_loadu_si512(qrow.add(g * GROUP_BYTES / 2).cast()),
-                            _mm_cvtph_ps(_mm_loadl_epi64(drow.add(g * GROUP).cast())),
+                            _mm512_loadu_si512(qrow[i].add(g * GROUP_BYTES / 2).cast()),
+                            _mm_cvtph_ps(_mm_loadl_epi64(drow[i].add(g * GROUP).cast())),
                         )
                     } else {
                         let bytes = (1u64 << (here * QK / 2)) - 1;
                         (
-                            _mm512_maskz_loadu_epi8(bytes, qrow.add(g * GROUP_BYTES / 2).cast()),
+                            _mm512_maskz_loadu_epi8(bytes, qrow[i].add(g * GROUP_BYTES / 2).cast()),
                             _mm_cvtph_ps(_mm_maskz_loadu_epi16(
                                 (1u8 << here) - 1,
-                                drow.add(g * GROUP).cast(),
+                                drow[i].add(g * GROUP).cast(),
                             )),
                         )
                     };
-                    let lo = _mm512_and_si512(v, low_nibbles);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low_nibbles);
-                    let dw16 = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(dw));
-                    for (j, acc) in acc.iter_mut().enumerate() {
-                        let at = (r0 + j) * groups + g;
-                        let x = a.x8.as_ptr().add(at * GROUP_BYTES);
-                        let xlo = _mm512_loadu_si512(x.cast());
-                        let xhi = _mm512_loadu_si512(x.add(GROUP_BYTES / 2).cast());
+                    lo[i] = _mm512_and_si512(v, low_nibbles);
+                    hi[i] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low_nibbles);
+                    dw16[i] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(dw));
+                }
+                for j in 0..R {
+                    let at = (r0 + j) * groups + g;
+                    let x = a.x8.as_ptr().add(at * GROUP_BYTES);
+                    let xlo = _mm512_loadu_si512(x.cast());
+                    let xhi = _mm512_loadu_si512(x.add(GROUP_BYTES / 2).cast());
+                    let dx16 = _mm512_loadu_ps(a.dx16.as_ptr().add(at * 16));
+                    for i in 0..W {
                         let isum = _mm512_dpbusd_epi32(
-                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo),
-                            hi,
+                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[i], xlo),
+                            hi[i],
                             xhi,
                         );
-                        let s16 =
-                            _mm512_mul_ps(dw16, _mm512_loadu_ps(a.dx16.as_ptr().add(at * 16)));
-                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s16, *acc);
+                        let s16 = _mm512_mul_ps(dw16[i], dx16);
+                        acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s16, acc[i][j]);
                     }
                 }
-                // the per-block terms: Σ_b m[n,b]·sx[r,b] + d[n,b]·cx[r,b], 16 blocks at a time
-                let mut b = 0;
-                while b < nb {
-                    let here = (nb - b).min(16);
-                    let mask = ((1u32 << here) - 1) as u16;
-                    let m16 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, mrow.add(b).cast()));
-                    let d16 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, drow.add(b).cast()));
-                    for (j, acc) in acc.iter_mut().enumerate() {
-                        let at = (r0 + j) * a.padded + b;
-                        let sx = _mm512_maskz_loadu_ps(mask, a.sx.as_ptr().add(at));
-                        let cx = _mm512_maskz_loadu_ps(mask, a.cx.as_ptr().add(at));
-                        *acc = _mm512_fmadd_ps(d16, cx, _mm512_fmadd_ps(m16, sx, *acc));
+            }
+            // the per-block terms: Σ_b m[n,b]·sx[r,b] + d[n,b]·cx[r,b], 16 blocks at a time
+            let mut b = 0;
+            while b < nb {
+                let here = (nb - b).min(16);
+                let mask = ((1u32 << here) - 1) as u16;
+                let m16: [__m512; W] = std::array::from_fn(|i| {
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, mrow[i].add(b).cast()))
+                });
+                let d16: [__m512; W] = std::array::from_fn(|i| {
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, drow[i].add(b).cast()))
+                });
+                for j in 0..R {
+                    let at = (r0 + j) * a.padded + b;
+                    let sx = _mm512_maskz_loadu_ps(mask, a.sx.as_ptr().add(at));
+                    let cx = _mm512_maskz_loadu_ps(mask, a.cx.as_ptr().add(at));
+                    for i in 0..W {
+                        acc[i][j] =
+                            _mm512_fmadd_ps(d16[i], cx, _mm512_fmadd_ps(m16[i], sx, acc[i][j]));
                     }
-                    b += here;
                 }
-                for (j, acc) in acc.iter().enumerate() {
-                    *p.out.add((r0 + j) * w.n + n) = _mm512_reduce_add_ps(*acc);
+                b += here;
+            }
+            for i in 0..W {
+                for j in 0..R {
+                    *p.out.add((r0 + j) * w.n + n0 + i) = _mm512_reduce_add_ps(acc[i][j]);
                 }
             }
         }
