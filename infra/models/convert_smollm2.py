@@ -239,7 +239,6 @@ class BlockWeight:
         corr = None if not corr.any() else np.ascontiguousarray(corr.T)
         return packed, np.ascontiguousarray(self.d.reshape(-1)), corr
 
-
     def q4_1_blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B [N, K/2] uint8, scales [N, K/32] fp16, mins [N, K/32] fp16) for
         switchyard.MatMulQ4_1: ggml's own Q4_1 layout (byte i of a block = q[i] | q[i+16] << 4)

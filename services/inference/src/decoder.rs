@@ -215,17 +215,30 @@ pub fn render_chat(template: &str, messages: &[Message]) -> Result<String, Strin
 
 /// Picks the next token from `logits`.
 pub fn sample(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
-    // The first largest logit. Two plain passes (a max the compiler vectorizes, then a
-    // find) instead of one max_by with total_cmp: 70 µs → ~10 µs over SmolLM2's 49,152
-    // logits, a step's 1 %. NaN never wins (all NaN: token 0).
+    // The first largest logit, NaN never winning (all NaN: token 0). A running max per lane
+    // of 16 (which the compiler vectorizes; a single running max it cannot, as reordering a
+    // float max is not exact for it), then the first chunk holding that max: 4–16 µs over
+    // SmolLM2's 49,152 logits, against 70 µs for max_by with total_cmp.
     let argmax = || {
-        let max = logits
+        const W: usize = 16;
+        let mut lanes = [f32::NEG_INFINITY; W];
+        let chunks = logits.chunks_exact(W);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for (m, &v) in lanes.iter_mut().zip(c) {
+                *m = if v > *m { v } else { *m };
+            }
+        }
+        let max = lanes
             .iter()
+            .chain(rest)
             .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
         logits
-            .iter()
-            .position(|&v| v == max)
-            .map_or(0, |i| i as u32)
+            .chunks(W)
+            .enumerate()
+            .find(|(_, c)| c.iter().fold(false, |hit, &v| hit | (v == max)))
+            .and_then(|(i, c)| c.iter().position(|&v| v == max).map(|j| (i * W + j) as u32))
+            .unwrap_or(0)
     };
     if s.temperature <= 0.0 || s.top_k == 1 {
         return argmax();
@@ -706,6 +719,13 @@ mod tests {
         let mut big = vec![-1e9f32; 49_152];
         big[40_000] = -2.5;
         assert_eq!(sample(&big, &s, &mut rng), 40_000);
+        // the max in the tail that is not a whole lane chunk, and in the first chunk
+        let mut odd: Vec<f32> = (0..37).map(|i| i as f32 * 0.01).collect();
+        odd[36] = 7.0;
+        assert_eq!(sample(&odd, &s, &mut rng), 36);
+        odd[3] = 7.0;
+        assert_eq!(sample(&odd, &s, &mut rng), 3);
+        assert_eq!(sample(&[f32::NAN; 20], &s, &mut rng), 0);
     }
 
     #[test]
