@@ -96,9 +96,7 @@ pub struct Activations {
     padded: usize,
     /// [rows, padded/4, 128]: per group the first 16 inputs of its 4 blocks, then the last 16.
     x8: Vec<i8>,
-    /// [rows, padded] block scales (0 in padding).
-    dx: Vec<f32>,
-    /// [rows, padded/4, 16]: each block's scale repeated 4 times, the SIMD lanes' layout
+    /// [rows, padded/4, 16]: each block's scale (0 in padding) repeated 4 times, the SIMD lanes' layout
     /// (lanes 4j..4j+3 of a group's partial sums belong to its block j).
     dx16: Vec<f32>,
     /// [rows, padded] exact block sums (0 in padding).
@@ -131,14 +129,12 @@ impl Activations {
             blocks,
             padded,
             x8: vec![0; rows * padded * QK],
-            dx: vec![0.0; rows * padded],
             dx16: vec![0.0; rows * padded * 4],
             sx: vec![0.0; rows * padded],
             cx: vec![0.0; rows * padded],
         };
         let out = RowsMut {
             x8: a.x8.as_mut_ptr(),
-            dx: a.dx.as_mut_ptr(),
             dx16: a.dx16.as_mut_ptr(),
             sx: a.sx.as_mut_ptr(),
             cx: a.cx.as_mut_ptr(),
@@ -160,6 +156,11 @@ impl Activations {
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// The scale of block `at` = row·padded + block (dx16 holds each one four times).
+    fn scale(&self, at: usize) -> f32 {
+        self.dx16[at * 4]
+    }
 }
 
 /// A parallel for: `par(n, f)` calls `f(i)` for every i in 0..n and returns when all have.
@@ -168,7 +169,6 @@ pub type ParFor<'a> = &'a dyn Fn(usize, &(dyn Fn(usize) + Sync));
 /// The activation buffers, for handing out one row's slices per work item.
 struct RowsMut {
     x8: *mut i8,
-    dx: *mut f32,
     dx16: *mut f32,
     sx: *mut f32,
     cx: *mut f32,
@@ -181,7 +181,6 @@ unsafe impl Sync for RowsMut {}
 /// One row's share of the activation buffers.
 struct Row<'a> {
     x8: &'a mut [i8],
-    dx: &'a mut [f32],
     dx16: &'a mut [f32],
     sx: &'a mut [f32],
     cx: &'a mut [f32],
@@ -196,7 +195,6 @@ impl RowsMut {
         unsafe {
             Row {
                 x8: std::slice::from_raw_parts_mut(self.x8.add(r * p * QK), p * QK),
-                dx: std::slice::from_raw_parts_mut(self.dx.add(r * p), p),
                 dx16: std::slice::from_raw_parts_mut(self.dx16.add(r * p * 4), p * 4),
                 sx: std::slice::from_raw_parts_mut(self.sx.add(r * p), p),
                 cx: std::slice::from_raw_parts_mut(self.cx.add(r * p), p),
@@ -209,7 +207,6 @@ fn quantize_row(x: &[f32], out: Row<'_>, isa: Isa) {
     for (b, block) in x.chunks_exact(QK).enumerate() {
         let at = (b / GROUP) * GROUP_BYTES + (b % GROUP) * (QK / 2);
         let (d, sx, isum) = quantize_block_on(block, &mut out.x8[at..], isa);
-        out.dx[b] = d;
         out.dx16[b * 4..][..4].fill(d);
         out.sx[b] = sx;
         out.cx[b] = 8.0 * (sx - d * isum as f32);
@@ -372,8 +369,9 @@ impl<'a> Plan<'a> {
                 .sum();
             let at = r * a.padded + b;
             let d = f16_to_f32(w.d[n * nb + b]);
-            acc +=
-                d * a.dx[at] * isum as f32 + f16_to_f32(w.m[n * nb + b]) * a.sx[at] + d * a.cx[at];
+            acc += d * a.scale(at) * isum as f32
+                + f16_to_f32(w.m[n * nb + b]) * a.sx[at]
+                + d * a.cx[at];
         }
         acc
     }
@@ -909,7 +907,7 @@ mod tests {
                         );
                         let sx: f64 = x[r * k + b * QK..][..QK].iter().map(|v| *v as f64).sum();
                         want +=
-                            d * a.dx[r * a.padded + b] as f64 * isum as f64 + (m + 8.0 * d) * sx;
+                            d * a.scale(r * a.padded + b) as f64 * isum as f64 + (m + 8.0 * d) * sx;
                     }
                     let y = got[r * n + col] as f64;
                     assert!(
