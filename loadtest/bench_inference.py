@@ -140,12 +140,9 @@ def run_json(cmd: list[str], pin: Pinning, timeout: float, stdin: Optional[str] 
 
 def ort_session(path: str, threads: int, opt_level: str):
     import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    # SmolLM2's graph uses the project's custom op; its library sits beside the model
-    lib = Path(path).parent / "libswitchyard_blockops.so"
-    if lib.is_file():
-        opts.register_custom_ops_library(str(lib))
+    sys.path.insert(0, str(REPO / "infra" / "models"))
+    from convert_smollm2 import session_options  # registers the custom-op library beside SmolLM2
+    opts = session_options(Path(path), threads)
     opts.graph_optimization_level = {
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         "layout": ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT,

@@ -61,7 +61,7 @@ pub fn init(lib: &Path) -> Result<Environment, RuntimeError> {
     if isa == switchyard_blockops::kernel::Isa::Portable {
         tracing::warn!(
             kernel = isa.name(),
-            "this CPU has no AVX2: the MatMulQ4_1 op runs its portable code, several times slower than onnxruntime's own kernels; convert SmolLM2 with `--quant exact` for such hosts"
+            "this CPU has no AVX2: graphs with the switchyard.MatMulQ4_1 op (SmolLM2 as converted by default) run its portable code, several times slower than onnxruntime's own kernels; convert them with `--quant exact` for such hosts"
         );
     } else {
         tracing::info!(kernel = isa.name(), "MatMulQ4_1 custom op ready");
