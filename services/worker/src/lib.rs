@@ -640,18 +640,41 @@ pub async fn supervise<T>(
     deadline: chrono::DateTime<Utc>,
     work: impl Future<Output = T>,
 ) -> Supervised<T> {
+    supervise_with(
+        || async {
+            let _ = message.ack_with(AckKind::Progress).await;
+        },
+        cancel,
+        deadline,
+        work,
+    )
+    .await
+}
+
+/// [`supervise`] with the in-progress mark as a function (tests count the marks).
+async fn supervise_with<T, P, PF>(
+    mut progress_mark: P,
+    cancel: &CancellationToken,
+    deadline: chrono::DateTime<Utc>,
+    work: impl Future<Output = T>,
+) -> Supervised<T>
+where
+    P: FnMut() -> PF,
+    PF: Future<Output = ()>,
+{
     let remaining = (deadline - Utc::now()).to_std().unwrap_or_default();
     tokio::pin!(work);
-    let mut progress = tokio::time::interval(PROGRESS_EVERY);
-    progress.tick().await;
+    // First tick one period from now. (Not `interval` and an awaited first tick: that
+    // tick is a timer at `now`, which tokio rounds up to its next millisecond, so every
+    // request would wait up to a millisecond for the timer driver before it started.)
+    let mut progress =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
     let deadline = tokio::time::sleep(remaining);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             result = &mut work => return Supervised::Done(result),
-            _ = progress.tick() => {
-                let _ = message.ack_with(AckKind::Progress).await;
-            }
+            _ = progress.tick() => progress_mark().await,
             () = cancel.cancelled() => return Supervised::Cancelled,
             () = &mut deadline => return Supervised::DeadlinePassed,
         }
@@ -676,4 +699,81 @@ pub async fn finish(message: &jetstream::Message, sink: &ChunkSink) {
 
 fn serde_json_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
     serde_json::to_vec(value).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    fn far_deadline() -> chrono::DateTime<Utc> {
+        Utc::now() + chrono::Duration::hours(1)
+    }
+
+    /// The work is polled at once: no timer stands between a message and its handling
+    /// (the clock is half a millisecond off a timer tick, where a timer at "now" would
+    /// be rounded up to the next tick).
+    #[tokio::test(start_paused = true)]
+    async fn work_starts_without_waiting_for_a_timer() {
+        tokio::time::advance(Duration::from_micros(500)).await;
+        let before = Instant::now();
+        let marks = AtomicUsize::new(0);
+        let outcome = supervise_with(
+            || async {
+                marks.fetch_add(1, Ordering::SeqCst);
+            },
+            &CancellationToken::new(),
+            far_deadline(),
+            async { Instant::now() },
+        )
+        .await;
+        let Supervised::Done(started) = outcome else {
+            panic!("expected Done, got {outcome:?}");
+        };
+        assert_eq!(started - before, Duration::ZERO);
+        assert_eq!(marks.load(Ordering::SeqCst), 0);
+    }
+
+    /// Long work is marked in progress once per period, not before the first.
+    #[tokio::test(start_paused = true)]
+    async fn long_work_is_marked_in_progress_every_period() {
+        let marks = AtomicUsize::new(0);
+        let outcome = supervise_with(
+            || async {
+                marks.fetch_add(1, Ordering::SeqCst);
+            },
+            &CancellationToken::new(),
+            far_deadline(),
+            tokio::time::sleep(PROGRESS_EVERY * 2 + PROGRESS_EVERY / 2),
+        )
+        .await;
+        assert!(matches!(outcome, Supervised::Done(())));
+        assert_eq!(marks.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancellation_and_deadline_end_the_work() {
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let outcome = supervise_with(
+            || async {},
+            &cancel,
+            far_deadline(),
+            std::future::pending::<()>(),
+        )
+        .await;
+        assert!(matches!(outcome, Supervised::Cancelled));
+
+        let outcome = supervise_with(
+            || async {},
+            &CancellationToken::new(),
+            Utc::now() + chrono::Duration::milliseconds(50),
+            std::future::pending::<()>(),
+        )
+        .await;
+        assert!(matches!(outcome, Supervised::DeadlinePassed));
+    }
 }
