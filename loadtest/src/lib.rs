@@ -6,10 +6,9 @@
 //! - [`loadgen`] — an open-loop load generator: requests leave at a fixed offered rate
 //!   whatever the server does, and latency is measured from each request's scheduled
 //!   send time into HdrHistograms. Binary: `loadgen`.
-//! - [`cli`] — the setup both binaries share (logging, shutdown signal, runtime).
+//! - Their runtime, logging and shutdown signal come from `switchyard-telemetry`.
 //!
 //! Both tools are libraries so tests start the same code the binaries run, in-process.
 
-pub mod cli;
 pub mod loadgen;
 pub mod mock;

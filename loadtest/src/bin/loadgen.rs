@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use switchyard_loadtest::cli;
 use switchyard_loadtest::loadgen::{self, LoadgenConfig, Provider, Summary};
 
 /// Open-loop load generator for a chat endpoint on this machine, in OpenAI's,
@@ -109,8 +108,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     // Refuse bad targets and bounds before anything starts.
     config.validate()?;
-    let runtime =
-        cli::runtime(usize::from(args.threads)).context("cannot start the tokio runtime")?;
+    let runtime = switchyard_telemetry::runtime(usize::from(args.threads))
+        .context("cannot start the tokio runtime")?;
     let summary = runtime.block_on(loadgen::run(
         &config,
         switchyard_telemetry::shutdown_signal(),

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use switchyard_loadtest::cli;
 use switchyard_loadtest::mock::openai::{self, MockConfig};
 
 /// Mock OpenAI chat completions provider (POST /v1/chat/completions).
@@ -62,7 +61,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             .transpose()?,
         api_key: args.api_key,
     };
-    let runtime = cli::runtime(args.threads).context("cannot start the tokio runtime")?;
+    let runtime =
+        switchyard_telemetry::runtime(args.threads).context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.bind)
             .await

@@ -3,10 +3,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use switchyard_inference::{Config, run};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     switchyard_telemetry::init_tracing();
     let config = Config::parse();
-    let shutdown = switchyard_telemetry::shutdown_on_signal();
-    switchyard_telemetry::service_exit("inference", run(config, shutdown).await)
+    switchyard_telemetry::run_service("inference", |shutdown| run(config, shutdown))
 }

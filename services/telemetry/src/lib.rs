@@ -1,7 +1,8 @@
 //! Process set-up every Switchyard binary shares, so it is written once:
 //! [`init_tracing`] (the `RUST_LOG` filter, JSON lines when stderr is not a terminal),
-//! [`shutdown_signal`] / [`shutdown_on_signal`] (SIGINT/SIGTERM), and
-//! [`metrics_text`] (the Prometheus exposition of a registry).
+//! [`shutdown_signal`] / [`shutdown_on_signal`] (SIGINT/SIGTERM),
+//! [`metrics_text`] (the Prometheus exposition of a registry), and [`run_service`]
+//! (every service's `main`: its runtime, its signal, its exit code).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -174,6 +175,74 @@ pub fn service_exit<E: std::fmt::Display>(service: &str, result: Result<(), E>) 
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "{service} failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The environment variable that sets a service's tokio worker threads (see
+/// [`runtime`]); unset or 0: one per CPU the process may run on.
+pub const RUNTIME_THREADS_ENV: &str = "SWITCHYARD_RUNTIME_THREADS";
+
+/// A tokio runtime with `threads` workers: 1 is a current-thread runtime (every task on
+/// the one thread: no wake-ups handed between threads), 0 is tokio's default (one
+/// worker per core the process may use).
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+}
+
+/// Runs a service's `run(config, shutdown)` to its end and gives `main`'s exit code.
+///
+/// The runtime has [`RUNTIME_THREADS_ENV`] workers. The service's future is spawned
+/// onto the runtime rather than driven by `block_on`: on a multi-thread runtime a
+/// `block_on` future lives on the main thread, outside the worker pool, and every
+/// message it hands to a spawned task (a consumer loop spawning its handlers) would be
+/// one more wake-up between threads.
+pub fn run_service<F, Fut, E>(service: &str, run: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let threads = match std::env::var(RUNTIME_THREADS_ENV) {
+        Err(_) => 0,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => {
+                tracing::error!(value = %v, "{RUNTIME_THREADS_ENV} must be a whole number of threads");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let runtime = match runtime(threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "{service}: cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_on_signal();
+        // The service's whole life; nothing else waits on it.
+        #[allow(clippy::disallowed_methods)]
+        let task = tokio::spawn(run(shutdown));
+        task.await
+    });
+    match result {
+        Ok(result) => service_exit(service, result),
+        Err(e) => {
+            tracing::error!(error = %e, "{service} panicked");
             ExitCode::FAILURE
         }
     }
