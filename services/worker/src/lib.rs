@@ -713,6 +713,22 @@ mod tests {
         Utc::now() + chrono::Duration::hours(1)
     }
 
+    /// Supervises `work` with no cancel and a far deadline; the outcome and how many
+    /// in-progress marks were made.
+    async fn supervised_marks<T>(work: impl Future<Output = T>) -> (Supervised<T>, usize) {
+        let marks = AtomicUsize::new(0);
+        let outcome = supervise_with(
+            || async {
+                marks.fetch_add(1, Ordering::SeqCst);
+            },
+            &CancellationToken::new(),
+            far_deadline(),
+            work,
+        )
+        .await;
+        (outcome, marks.load(Ordering::SeqCst))
+    }
+
     /// The work is polled at once: no timer stands between a message and its handling
     /// (the clock is half a millisecond off a timer tick, where a timer at "now" would
     /// be rounded up to the next tick).
@@ -720,38 +736,21 @@ mod tests {
     async fn work_starts_without_waiting_for_a_timer() {
         tokio::time::advance(Duration::from_micros(500)).await;
         let before = Instant::now();
-        let marks = AtomicUsize::new(0);
-        let outcome = supervise_with(
-            || async {
-                marks.fetch_add(1, Ordering::SeqCst);
-            },
-            &CancellationToken::new(),
-            far_deadline(),
-            async { Instant::now() },
-        )
-        .await;
+        let (outcome, marks) = supervised_marks(async { Instant::now() }).await;
         let Supervised::Done(started) = outcome else {
             panic!("expected Done, got {outcome:?}");
         };
         assert_eq!(started - before, Duration::ZERO);
-        assert_eq!(marks.load(Ordering::SeqCst), 0);
+        assert_eq!(marks, 0);
     }
 
     /// Long work is marked in progress once per period, not before the first.
     #[tokio::test(start_paused = true)]
     async fn long_work_is_marked_in_progress_every_period() {
-        let marks = AtomicUsize::new(0);
-        let outcome = supervise_with(
-            || async {
-                marks.fetch_add(1, Ordering::SeqCst);
-            },
-            &CancellationToken::new(),
-            far_deadline(),
-            tokio::time::sleep(PROGRESS_EVERY * 2 + PROGRESS_EVERY / 2),
-        )
-        .await;
+        let (outcome, marks) =
+            supervised_marks(tokio::time::sleep(PROGRESS_EVERY * 2 + PROGRESS_EVERY / 2)).await;
         assert!(matches!(outcome, Supervised::Done(())));
-        assert_eq!(marks.load(Ordering::SeqCst), 2);
+        assert_eq!(marks, 2);
     }
 
     #[tokio::test(start_paused = true)]
