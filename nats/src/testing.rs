@@ -345,17 +345,18 @@ pub async fn publish_until_stored(
     }
 }
 
-/// Every message now in `stream`, oldest first (subject and payload), read through a
-/// throwaway ephemeral consumer: what a test asserts on after the fact. "Now" is the
-/// stream's last sequence when called: messages published while it reads (an
-/// instance reporting every 300 ms, say) are left out, so the read always ends; and
-/// the consumer takes no acks, so nothing is handed out twice however long it takes.
+/// Every message now in `stream`, oldest first (subject and payload), read one
+/// sequence at a time from the stream itself: what a test asserts on after the fact.
+/// "Now" is the stream's last sequence when called: messages published while it reads
+/// (an instance reporting every 300 ms, say) are left out, so the read always ends.
+/// Not through a consumer: a fetch batch that ends early (a status, a missed
+/// heartbeat on a loaded machine) loses what the server had already pushed to it, and
+/// a test would then blame the publisher for a message that is stored.
 pub async fn stream_contents(
     js: &async_nats::jetstream::Context,
     stream: &str,
 ) -> Result<Vec<(String, bytes::Bytes)>, String> {
-    use async_nats::jetstream::consumer::{AckPolicy, pull};
-    use futures::StreamExt;
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
     let mut stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
     let state = stream
         .info()
@@ -363,41 +364,17 @@ pub async fn stream_contents(
         .map_err(|e| e.to_string())?
         .state
         .clone();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(usize::try_from(state.messages).unwrap_or(0));
     if state.messages == 0 {
         return Ok(out);
     }
-    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-        .create_consumer(pull::Config {
-            ack_policy: AckPolicy::None,
-            ..pull::Config::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1000)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut any = false;
-        while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| e.to_string())?;
-            any = true;
-            let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
-            if seq > state.last_sequence {
-                return Ok(out);
-            }
-            out.push((m.subject.to_string(), m.payload.clone()));
-            if seq == state.last_sequence {
-                return Ok(out);
-            }
-        }
-        // Nothing more: the rest up to the last sequence was removed meanwhile.
-        if !any {
-            return Ok(out);
+    for seq in state.first_sequence..=state.last_sequence {
+        match stream.get_raw_message(seq).await {
+            Ok(m) => out.push((m.subject.to_string(), m.payload)),
+            // Removed (acked off a work queue, aged out, deleted): not "now in" it.
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(format!("sequence {seq}: {e}")),
         }
     }
+    Ok(out)
 }

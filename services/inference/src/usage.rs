@@ -106,26 +106,34 @@ impl Reporter {
     }
 
     /// Reports the period since the last one, then beats.
+    ///
+    /// Cancel-safe: the event is kept as unconfirmed *before* it is sent, so a tick
+    /// dropped between the send and the PubAck (the reporting loop ends when consuming
+    /// does) leaves it to be retried as it was. Cut anew, the same period would carry
+    /// the same id and a later end: the server would keep the first copy as the
+    /// original and the seconds between the two ends would never be billed.
     pub async fn tick(&mut self) {
-        // The unconfirmed period first, as it was; then, once it is stored, the rest
-        // up to now.
-        for _ in 0..2 {
-            let event = match self.unconfirmed.take() {
-                Some(event) => event,
-                None => {
-                    let now = now_ms();
-                    if now <= self.billed_until_ms {
-                        break;
-                    }
-                    self.period_event(self.billed_until_ms, now)
+        // An unconfirmed period first, as it was; once it is stored, the rest up to now.
+        // A fresh period alone otherwise: one event per tick.
+        let mut fresh = false;
+        while !fresh {
+            if self.unconfirmed.is_none() {
+                let now = now_ms();
+                if now <= self.billed_until_ms {
+                    break;
                 }
+                self.unconfirmed = Some(self.period_event(self.billed_until_ms, now));
+                fresh = true;
+            }
+            let Some(event) = &self.unconfirmed else {
+                break;
             };
-            let end = period_end(&event).unwrap_or(self.billed_until_ms);
-            if !self.publish(&event).await {
-                self.unconfirmed = Some(event);
+            let end = period_end(event).unwrap_or(self.billed_until_ms);
+            if !self.publish(event).await {
                 break;
             }
             // Only a stored period moves the mark.
+            self.unconfirmed = None;
             self.billed_until_ms = end;
         }
         self.beat().await;
