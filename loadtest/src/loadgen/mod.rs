@@ -250,16 +250,21 @@ pub async fn run(
         }
     };
 
-    for i in 0..total {
-        let scheduled = t0 + Duration::from_secs_f64(i as f64 / rate);
-        tokio::select! {
+    // Detached: it ends with the schedule, or at its next send once `due` is dropped.
+    let (mut due, _pacer) = pacer(t0.into_std(), rate, total)?;
+    loop {
+        let i = tokio::select! {
             biased;
             () = &mut shutdown => {
                 interrupted = true;
                 break;
             }
-            () = tokio::time::sleep_until(scheduled) => {}
-        }
+            i = due.recv() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let scheduled = t0 + Duration::from_secs_f64(i as f64 / rate);
         while let Some(done) = tasks.try_join_next() {
             if let Ok(outcome) = done {
                 record(&mut stats, outcome);
@@ -320,6 +325,39 @@ pub async fn run(
         scheduled: scheduled_measured,
         interrupted,
     }))
+}
+
+/// Sends each request index `0..total` at its scheduled time `t0 + i / rate`, from a
+/// thread of its own sleeping on the OS clock (nanosleep: tens of microseconds late at
+/// most). Not tokio's timer: it rounds every deadline up to its next millisecond, which
+/// sends requests due within the same millisecond together (at 3,000 rps, bursts of
+/// three) and up to 1 ms late. The thread ends when the schedule does or when the
+/// receiver is dropped.
+fn pacer(
+    t0: std::time::Instant,
+    rate: f64,
+    total: u64,
+) -> anyhow::Result<(
+    tokio::sync::mpsc::UnboundedReceiver<u64>,
+    std::thread::JoinHandle<()>,
+)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let thread = std::thread::Builder::new()
+        .name("loadgen-pacer".into())
+        .spawn(move || {
+            for i in 0..total {
+                let at = t0 + Duration::from_secs_f64(i as f64 / rate);
+                let now = std::time::Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                if tx.send(i).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("starting the pacer thread")?;
+    Ok((rx, thread))
 }
 
 /// One request/response. Ok only for a 2xx whose body arrived whole (for a stream, in
@@ -384,6 +422,31 @@ mod tests {
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn pacer_sends_every_index_in_order_never_early() {
+        let rate = 2_000.0;
+        let t0 = std::time::Instant::now();
+        let (mut due, _) = pacer(t0, rate, 40).unwrap();
+        let mut got = Vec::new();
+        while let Some(i) = due.recv().await {
+            let at = t0 + Duration::from_secs_f64(i as f64 / rate);
+            assert!(
+                std::time::Instant::now() >= at,
+                "index {i} arrived before its time"
+            );
+            got.push(i);
+        }
+        assert_eq!(got, (0..40).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn pacer_stops_when_the_receiver_is_gone() {
+        let (due, thread) = pacer(std::time::Instant::now(), 1_000.0, u64::MAX).unwrap();
+        drop(due);
+        // A pacer that ignored the closed channel would run for u64::MAX ms.
+        thread.join().unwrap();
     }
 
     #[test]
