@@ -64,7 +64,7 @@ sys.path.insert(0, str(REPO / "infra"))
 import stack  # noqa: E402  (infra/stack.py: the one way the stack is started)
 
 RESULTS = REPO / "loadtest" / "RESULTS.md"
-METRICS = ("latency_p50_ms", "latency_p99_ms", "achieved_rps", "send_lag_p99_ms")
+METRICS = ("latency_p50_ms", "latency_p99_ms", "achieved_rps", "send_lag_p99_ms", "cpu_us_per_req")
 STREAM_METRICS = ("ttft_p50_ms", "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms",
                   "latency_p50_ms", "latency_p99_ms", "achieved_rps")
 # --stream-providers: loadgen's grammar -> the ingress's model prefix for that provider.
@@ -235,6 +235,44 @@ class Route:
     url: str
     headers: list[str]  # hold keys: only ever passed to loadgen by env
     model: str
+    # The gateway's processes (with their descendants), whose CPU time per answered
+    # request each run reports; none for the direct path.
+    pids: list[int] = dataclasses.field(default_factory=list)
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> Optional[float]:
+    """User + system CPU seconds used so far by `pids` and every live descendant (the
+    LiteLLM proxy's workers). None when a process is gone or /proc is unreadable."""
+    parents: dict[int, list[int]] = collections.defaultdict(list)
+    used: dict[int, float] = {}
+    try:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                # Fields after the command (which may hold spaces) in ")": state ppid ...
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid = int(entry.name)
+            parents[int(fields[1])].append(pid)
+            used[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except OSError:
+        return None
+    if any(p not in used for p in pids):
+        return None
+    total, todo, seen = 0.0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += used.get(pid, 0.0)
+        todo.extend(parents.get(pid, []))
+    return total
 
 
 @dataclasses.dataclass
@@ -278,12 +316,20 @@ def run_step(ctx: Ctx, routes: list[Route], rate: int, stop_early: bool) -> dict
     for i in range(args.repeats):
         k = i % len(routes)
         for route in routes[k:] + routes[:k]:
+            before = cpu_seconds(route.pids) if route.pids else None
             res = run_loadgen(ctx.loadgen, ctx.pin, route.url, route.headers, route.model, rate, args)
+            after = cpu_seconds(route.pids) if before is not None else None
+            # Warm-up requests burn CPU too: divide by every request of the run.
+            sent = rate * args.warmup + res["sent"]
+            res["cpu_us_per_req"] = ((after - before) / sent * 1e6
+                                     if before is not None and after is not None and sent else None)
             runs[route.name].append(res)
+            cpu = res["cpu_us_per_req"]
             print(f"  {route.name:7} rate {rate:>6}  run {i + 1}/{args.repeats}  "
                   f"p50 {fmt(res['latency_p50_ms']):>8} ms  p99 {fmt(res['latency_p99_ms']):>8} ms  "
                   f"achieved {fmt(res['achieved_rps'], 1):>8} rps  errors {res['errors_total']} "
-                  f"{res['errors'] or ''}  send lag p99 {fmt(res.get('send_lag_p99_ms'))} ms", flush=True)
+                  f"{res['errors'] or ''}  send lag p99 {fmt(res.get('send_lag_p99_ms'))} ms"
+                  + (f"  gateway CPU {cpu:.0f} µs/req" if cpu is not None else ""), flush=True)
             if stop_early and cannot_sustain(runs[route.name], rate, args.repeats) \
                     and sum(map(len, runs.values())) < args.repeats * len(routes):
                 cut = route.name
@@ -403,8 +449,8 @@ def ladder(ctx: Ctx, route: Route, rates: list[int]) -> tuple[list[dict], Option
 
 def table(rows: list[dict], repeats: int) -> list[str]:
     head = ("| rate rps | direct p50 | direct p99 | via p50 | via p99 | added p50 | added p99 "
-            "| achieved rps direct / via | errors direct / via |")
-    out = [head, "|" + "---:|" * 9]
+            "| achieved rps direct / via | errors direct / via | gateway CPU µs/req |")
+    out = [head, "|" + "---:|" * 10]
     for r in rows:
         d, v = r["direct"], r["via"]
         runs = min(d["runs"], v["runs"])
@@ -414,32 +460,35 @@ def table(rows: list[dict], repeats: int) -> list[str]:
             f"| {fmt(v['latency_p50_ms'])} | {fmt(v['latency_p99_ms'])} "
             f"| {fmt(added(d, v, 'latency_p50_ms'))} | {fmt(added(d, v, 'latency_p99_ms'))} "
             f"| {fmt(d['achieved_rps'], 1)} / {fmt(v['achieved_rps'], 1)} "
-            f"| {d['errors']} / {v['errors']} |"
+            f"| {d['errors']} / {v['errors']} | {fmt(v['cpu_us_per_req'], 0)} |"
         )
     return out
 
 
 def ladder_table(label: str, rows: list[dict], name: str, repeats: int) -> list[str]:
-    out = [f"| {label}: rate rps | p50 | p99 | achieved rps | errors | sustained |",
-           "|---:|---:|---:|---:|---:|:---:|"]
+    out = [f"| {label}: rate rps | p50 | p99 | achieved rps | errors | sustained | gateway CPU µs/req |",
+           "|---:|---:|---:|---:|---:|:---:|---:|"]
     for r in rows:
         s = r[name]
         cut = f" ({s['runs']} of {repeats} runs)" if s["runs"] < repeats else ""
         out.append(f"| {r['rate']}{cut} | {fmt(s['latency_p50_ms'])} | {fmt(s['latency_p99_ms'])} "
-                   f"| {fmt(s['achieved_rps'], 1)} | {s['errors']} | {'yes' if s['sustained'] else 'no'} |")
+                   f"| {fmt(s['achieved_rps'], 1)} | {s['errors']} | {'yes' if s['sustained'] else 'no'} "
+                   f"| {fmt(s['cpu_us_per_req'], 0)} |")
     return out
 
 
 def compare_table(row: dict, labels: dict[str, str]) -> list[str]:
     d = row["direct"]
-    out = [f"| at {row['rate']} rps | p50 | p99 | added p50 | added p99 | achieved rps | errors |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+    out = [f"| at {row['rate']} rps | p50 | p99 | added p50 | added p99 | achieved rps | errors "
+           f"| gateway CPU µs/req |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, label in labels.items():
         s = row[name]
         a50 = "–" if name == "direct" else fmt(added(d, s, "latency_p50_ms"))
         a99 = "–" if name == "direct" else fmt(added(d, s, "latency_p99_ms"))
+        cpu = "–" if name == "direct" else fmt(s["cpu_us_per_req"], 0)
         out.append(f"| {label} | {fmt(s['latency_p50_ms'])} | {fmt(s['latency_p99_ms'])} | {a50} | {a99} "
-                   f"| {fmt(s['achieved_rps'], 1)} | {s['errors']} |")
+                   f"| {fmt(s['achieved_rps'], 1)} | {s['errors']} | {cpu} |")
     return out
 
 
@@ -547,7 +596,14 @@ class LiteLLMProxy:
 
     def route(self) -> Route:
         return Route("litellm", f"{self.url}/chat/completions",
-                     [f"Authorization: Bearer {self.master_key}"], LITELLM_MODEL)
+                     [f"Authorization: Bearer {self.master_key}"], LITELLM_MODEL,
+                     [self.proc.pid] if self.proc else [])
+
+
+def stack_pids(sy) -> list[int]:
+    """The gateway's processes: every service of the stack but the mock provider."""
+    return [svc.proc.pid for name, svc in sy.services.items()
+            if name != stack.MOCK and svc.proc is not None]
 
 
 def smoke_route(route: Route) -> Optional[str]:
@@ -847,7 +903,7 @@ def gateway(args: argparse.Namespace, loadgen: Path, bin_dir: Path) -> int:
                            [f"Authorization: Bearer {mock_key}"], "gpt-4o-mini")
             via = Route("via", f"{sy.api_base}/chat/completions",
                         [f"Authorization: Bearer {sy.dev_api_key}", f"provider-key: {mock_key}"],
-                        "openai/gpt-4o-mini")
+                        "openai/gpt-4o-mini", stack_pids(sy))
 
             if not args.peer_only:
                 what = "rising-rate search" if search else "fixed rates"
@@ -906,6 +962,9 @@ def gateway(args: argparse.Namespace, loadgen: Path, bin_dir: Path) -> int:
             f"- each run: {args.warmup:g} s warm-up, {args.duration:g} s measured, request timeout "
             f"{args.request_timeout:g} s; {args.repeats} run{'s' if args.repeats > 1 else ''} per "
             f"rate and path, rotating which path goes first (medians; errors summed)",
+            "- gateway CPU µs/req: user + system CPU time of the gateway's processes (Switchyard: "
+            "nats-server, ingress, translator, batch router; LiteLLM: the proxy and its workers; "
+            "never the mock), from /proc over each run, ÷ the requests of the run (warm-up included)",
         ]
 
     sections: list[list[str]] = []
