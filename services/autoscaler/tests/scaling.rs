@@ -448,7 +448,9 @@ async fn a_cluster_with_min_one_is_warm_before_the_first_request() {
 
 #[tokio::test]
 async fn a_killed_instance_is_replaced_its_request_answered_and_its_usage_billed() {
-    let h = start(60_000).await;
+    // A usage period (and periodic heartbeat) longer than the test: the heartbeat that
+    // lists the delivery is the one an instance writes when its deliveries change.
+    let h = start_with(60_000, 60_000, &[]).await;
     h.put_spec(SMOLLM, 1, 1, 0).await;
     h.wait_status(SMOLLM, "a warm instance", |s| s.state == ClusterState::Idle)
         .await;

@@ -42,6 +42,8 @@ pub struct Reporter {
     unconfirmed: Option<UsageEvent>,
     /// The deliveries running, listed in each heartbeat.
     in_flight: switchyard_worker::InFlight,
+    /// The deliveries the last heartbeat listed.
+    beaten_acks: Vec<String>,
     state: InstanceState,
     /// How often a period is reported (and the heartbeat written).
     pub period: Duration,
@@ -76,6 +78,7 @@ impl Reporter {
             billed_until_ms: now,
             unconfirmed: None,
             in_flight,
+            beaten_acks: Vec::new(),
             state: InstanceState::Started,
             period,
         };
@@ -164,8 +167,19 @@ impl Reporter {
         heartbeat_key(&self.me.account, &self.me.model, &self.me.instance_id)
     }
 
-    async fn beat(&self) {
+    /// A heartbeat now if the deliveries running are not the ones the last one listed:
+    /// the autoscaler NAKs what a dead instance's heartbeat lists (redelivered at once),
+    /// and a delivery taken since the last period's beat would otherwise wait out the
+    /// 30 s ack wait.
+    pub async fn beat_if_in_flight_changed(&mut self) {
+        if self.in_flight.acks() != self.beaten_acks {
+            self.beat().await;
+        }
+    }
+
+    async fn beat(&mut self) {
         let Some(kv) = &self.kv else { return };
+        let in_flight_acks = self.in_flight.acks();
         let beat = InstanceHeartbeat {
             instance_id: self.me.instance_id.clone(),
             account: self.me.account.clone(),
@@ -175,7 +189,7 @@ impl Reporter {
             started_ms: self.started_ms,
             billed_until_ms: self.billed_until_ms,
             unconfirmed_until_ms: self.unconfirmed.as_ref().and_then(period_end),
-            in_flight_acks: self.in_flight.acks(),
+            in_flight_acks: in_flight_acks.clone(),
             beat_ms: now_ms(),
             execution_provider: Some(self.me.execution_provider.clone()),
             pid: Some(std::process::id()),
@@ -184,8 +198,9 @@ impl Reporter {
         let (Ok(key), Ok(value)) = (self.key(), serde_json::to_vec(&beat)) else {
             return;
         };
-        if let Err(e) = kv.put(key, value.into()).await {
-            tracing::warn!(error = %e, "heartbeat not written");
+        match kv.put(key, value.into()).await {
+            Ok(_) => self.beaten_acks = in_flight_acks,
+            Err(e) => tracing::warn!(error = %e, "heartbeat not written"),
         }
     }
 
