@@ -154,7 +154,11 @@ where
     let mut messages = switchyard_nats::pull::Messages::new(consumer, concurrency).await?;
     let mut batch_quiet_until = tokio::time::Instant::now();
     let spawn = |message: jetstream::Message, permit: tokio::sync::OwnedSemaphorePermit| {
-        let run = handle(message);
+        // Boxed once: a handler's future is large (the translator's is ~21 KB), and every
+        // move on its way into the task (this block, the tracker's wrapper, the task
+        // cell) copied it whole. Profiled at 1,500 rps, the memmoves here took 2.9 % of
+        // the translator's CPU; boxed, 1.3 % (the one copy into the box).
+        let run = Box::pin(handle(message));
         tracker.spawn(async move {
             run.await;
             drop(permit);
