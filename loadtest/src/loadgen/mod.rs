@@ -250,21 +250,21 @@ pub async fn run(
         }
     };
 
-    // Detached: it ends with the schedule, or at its next send once `due` is dropped.
-    let (mut due, _pacer) = pacer(t0.into_std(), rate, total)?;
+    // Detached: it ends with the schedule, or at its next send once `dues` is dropped.
+    let (mut dues, _pacer) = pacer(t0.into_std(), rate, total)?;
     loop {
-        let i = tokio::select! {
+        let (i, at) = tokio::select! {
             biased;
             () = &mut shutdown => {
                 interrupted = true;
                 break;
             }
-            i = due.recv() => match i {
-                Some(i) => i,
+            due = dues.recv() => match due {
+                Some(due) => due,
                 None => break,
             },
         };
-        let scheduled = t0 + Duration::from_secs_f64(i as f64 / rate);
+        let scheduled = Instant::from_std(at);
         while let Some(done) = tasks.try_join_next() {
             if let Ok(outcome) = done {
                 record(&mut stats, outcome);
@@ -327,7 +327,11 @@ pub async fn run(
     }))
 }
 
-/// Sends each request index `0..total` at its scheduled time `t0 + i / rate`, from a
+/// Request indices with their scheduled times, as they fall due.
+type Dues = tokio::sync::mpsc::UnboundedReceiver<(u64, std::time::Instant)>;
+
+/// Sends each request index `0..total`, with its scheduled time `t0 + i / rate`, at that
+/// time, from a
 /// thread of its own sleeping on the OS clock (nanosleep: tens of microseconds late at
 /// most). Not tokio's timer: it rounds every deadline up to its next millisecond, which
 /// sends requests due within the same millisecond together (at 3,000 rps, bursts of
@@ -337,10 +341,7 @@ fn pacer(
     t0: std::time::Instant,
     rate: f64,
     total: u64,
-) -> anyhow::Result<(
-    tokio::sync::mpsc::UnboundedReceiver<u64>,
-    std::thread::JoinHandle<()>,
-)> {
+) -> anyhow::Result<(Dues, std::thread::JoinHandle<()>)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let thread = std::thread::Builder::new()
         .name("loadgen-pacer".into())
@@ -351,7 +352,7 @@ fn pacer(
                 if at > now {
                     std::thread::sleep(at - now);
                 }
-                if tx.send(i).is_err() {
+                if tx.send((i, at)).is_err() {
                     return;
                 }
             }
@@ -430,8 +431,8 @@ mod tests {
         let t0 = std::time::Instant::now();
         let (mut due, _) = pacer(t0, rate, 40).unwrap();
         let mut got = Vec::new();
-        while let Some(i) = due.recv().await {
-            let at = t0 + Duration::from_secs_f64(i as f64 / rate);
+        while let Some((i, at)) = due.recv().await {
+            assert_eq!(at, t0 + Duration::from_secs_f64(i as f64 / rate));
             assert!(
                 std::time::Instant::now() >= at,
                 "index {i} arrived before its time"

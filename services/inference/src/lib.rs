@@ -389,15 +389,12 @@ const IN_FLIGHT_BEAT: std::time::Duration = std::time::Duration::from_millis(250
 /// A period and a heartbeat every [`usage::Reporter::period`], and a heartbeat within
 /// [`IN_FLIGHT_BEAT`] of a change in the deliveries running, until dropped.
 async fn report_every_period(reporter: &mut usage::Reporter) -> std::convert::Infallible {
-    use tokio::time::{Instant, MissedTickBehavior, interval_at};
-    let mut every = interval_at(Instant::now() + reporter.period, reporter.period);
     // After a stall (a tick waiting out NATS), one period, not a burst of tiny ones.
-    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut check = interval_at(Instant::now() + IN_FLIGHT_BEAT, IN_FLIGHT_BEAT);
-    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut period = switchyard_worker::every(reporter.period);
+    let mut check = switchyard_worker::every(IN_FLIGHT_BEAT);
     loop {
         tokio::select! {
-            _ = every.tick() => reporter.tick().await,
+            _ = period.tick() => reporter.tick().await,
             _ = check.tick() => reporter.beat_if_in_flight_changed().await,
         }
     }

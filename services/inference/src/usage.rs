@@ -117,29 +117,29 @@ impl Reporter {
     /// original and the seconds between the two ends would never be billed.
     pub async fn tick(&mut self) {
         // An unconfirmed period first, as it was; once it is stored, the rest up to now.
-        // A fresh period alone otherwise: one event per tick.
-        let mut fresh = false;
-        while !fresh {
-            if self.unconfirmed.is_none() {
-                let now = now_ms();
-                if now <= self.billed_until_ms {
-                    break;
-                }
+        if self.confirm().await {
+            let now = now_ms();
+            if now > self.billed_until_ms {
                 self.unconfirmed = Some(self.period_event(self.billed_until_ms, now));
-                fresh = true;
+                self.confirm().await;
             }
-            let Some(event) = &self.unconfirmed else {
-                break;
-            };
-            let end = period_end(event).unwrap_or(self.billed_until_ms);
-            if !self.publish(event).await {
-                break;
-            }
-            // Only a stored period moves the mark.
-            self.unconfirmed = None;
-            self.billed_until_ms = end;
         }
         self.beat().await;
+    }
+
+    /// Publishes the unconfirmed period, if there is one; true when none is left. Only a
+    /// stored period moves the mark.
+    async fn confirm(&mut self) -> bool {
+        let Some(event) = &self.unconfirmed else {
+            return true;
+        };
+        let end = period_end(event).unwrap_or(self.billed_until_ms);
+        if !self.publish(event).await {
+            return false;
+        }
+        self.unconfirmed = None;
+        self.billed_until_ms = end;
+        true
     }
 
     /// The period `[start_ms, end_ms)` of this instance, under its deterministic id.

@@ -188,18 +188,14 @@ pub const RUNTIME_THREADS_ENV: &str = "SWITCHYARD_RUNTIME_THREADS";
 /// the one thread: no wake-ups handed between threads), 0 is tokio's default (one
 /// worker per core the process may use).
 pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    match threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if threads > 1 {
+        builder.worker_threads(threads);
     }
+    builder.enable_all().build()
 }
 
 /// Runs a service's `run(config, shutdown)` to its end and gives `main`'s exit code.

@@ -636,6 +636,16 @@ fn stored_at(info: &jetstream::message::Info<'_>) -> chrono::DateTime<Utc> {
     chrono::DateTime::from_timestamp_nanos(nanos)
 }
 
+/// A timer ticking every `period`, the first tick one period from now, and after a stall
+/// one tick rather than a burst. Not `interval` with an awaited first tick: that tick is
+/// a timer at "now", which tokio rounds up to its next millisecond, so whatever waits
+/// for it waits up to a millisecond for the timer driver.
+pub fn every(period: Duration) -> tokio::time::Interval {
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every
+}
+
 /// Runs `work` while marking `message` in progress every [`PROGRESS_EVERY`], until it
 /// finishes, `cancel` fires or `deadline` passes (dropping `work` in the latter cases).
 pub async fn supervise<T>(
@@ -668,11 +678,8 @@ where
 {
     let remaining = (deadline - Utc::now()).to_std().unwrap_or_default();
     tokio::pin!(work);
-    // First tick one period from now. (Not `interval` and an awaited first tick: that
-    // tick is a timer at `now`, which tokio rounds up to its next millisecond, so every
-    // request would wait up to a millisecond for the timer driver before it started.)
-    let mut progress =
-        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    // No timer between a message and its handling (see `every`).
+    let mut progress = every(PROGRESS_EVERY);
     let deadline = tokio::time::sleep(remaining);
     tokio::pin!(deadline);
     loop {
