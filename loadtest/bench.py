@@ -79,10 +79,10 @@ RATE_TARGET_RPS = 3000        # ... at ≥ 3,000 rps offered
 ADDED_P99_STOP_MS = 10.0      # the rising-rate search stops past this p99 added
 SUSTAIN = 0.95                # a rate is sustained: achieved ≥ 95 % of offered, no errors
 RATIO_TARGET = 50             # Switchyard's saturation rate ≥ 50× LiteLLM's
-# Both ladders step by at most 1.33x (1.2-1.25x near where each saturated so far: Switchyard
-# 2,000-3,000 rps, LiteLLM 50-75), so the saturation ratio resolves to about ±25 %, alike on
-# both sides; the coarser ladders before (2,000 -> 3,000 and 50 -> 75) read 40x or 60x for
-# the same machine depending on which rung each side just missed.
+# Around where each side has saturated so far (Switchyard 2,000-3,500 rps, LiteLLM 50-100)
+# both ladders step by 1.14-1.33x, so the saturation ratio resolves alike on both sides; the
+# coarser ladders before (2,000 -> 3,000 and 50 -> 75) read 40x or 60x for the same machine
+# depending on which rung each side just missed.
 DEFAULT_SEARCH_RATES = "250,500,1000,1500,2000,2500,3000,3500,4000,5000,6000,8000,10000,12000"
 DEFAULT_PEER_RATES = "25,30,40,50,60,75,100,125,150,200,250,300,400,600,800,1000,1500"
 
