@@ -172,14 +172,19 @@ impl Reporter {
     /// and a delivery taken since the last period's beat would otherwise wait out the
     /// 30 s ack wait.
     pub async fn beat_if_in_flight_changed(&mut self) {
-        if self.in_flight.acks() != self.beaten_acks {
-            self.beat().await;
+        let in_flight_acks = self.in_flight.acks();
+        if in_flight_acks != self.beaten_acks {
+            self.beat_listing(in_flight_acks).await;
         }
     }
 
     async fn beat(&mut self) {
+        self.beat_listing(self.in_flight.acks()).await;
+    }
+
+    /// Writes the heartbeat listing `in_flight_acks`, the deliveries running now.
+    async fn beat_listing(&mut self, in_flight_acks: Vec<String>) {
         let Some(kv) = &self.kv else { return };
-        let in_flight_acks = self.in_flight.acks();
         let beat = InstanceHeartbeat {
             instance_id: self.me.instance_id.clone(),
             account: self.me.account.clone(),
