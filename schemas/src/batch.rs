@@ -410,6 +410,7 @@ mod tests {
                 tool_choice: None,
                 stream: false,
                 fallback_models: vec![],
+                response_format: None,
             },
             task: None,
             provider_key: Some("sk-secret".into()),

@@ -25,6 +25,9 @@ pub struct ChatRequest {
     /// Models to try, in order, when `model` fails before any byte reached the caller.
     #[serde(default)]
     pub fallback_models: Vec<String>,
+    /// The shape the answer's text must have; plain text when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
 }
 
 /// Who wrote a message.
@@ -150,6 +153,56 @@ pub struct ToolCall {
     pub name: String,
     /// Arguments as a JSON text, exactly as the model wrote them.
     pub arguments: String,
+}
+
+/// The shape the answer's text must have (OpenAI's `response_format`). Providers with
+/// an equivalent get theirs; a worker that cannot honour it fails the request as
+/// invalid rather than answer in free text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Any valid JSON object ("JSON mode").
+    JsonObject,
+    /// JSON that matches a schema ("structured outputs").
+    JsonSchema {
+        /// The schema's name (OpenAI requires one; others ignore it).
+        name: String,
+        #[serde(default)]
+        description: Option<String>,
+        /// The JSON Schema, as a JSON text (like [`Tool::parameters_json`]).
+        schema_json: String,
+        /// Whether the provider must follow the schema exactly (OpenAI's `strict`).
+        #[serde(default)]
+        strict: Option<bool>,
+    },
+}
+
+impl ResponseFormat {
+    /// The wire name of this format (`json_object`, `json_schema`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ResponseFormat::JsonObject => "json_object",
+            ResponseFormat::JsonSchema { .. } => "json_schema",
+        }
+    }
+
+    /// Why this format cannot be honoured by `provider` (`None`: our own open-model
+    /// workers), or `None` when it can. Anthropic takes a schema but has no schema-less
+    /// JSON mode; open models generate free text only.
+    pub fn refusal(&self, provider: Option<crate::subjects::Provider>) -> Option<String> {
+        use crate::subjects::Provider;
+        match (provider, self) {
+            (None, _) => Some(format!(
+                "response_format {} is not supported by open models: they answer in free text",
+                self.kind()
+            )),
+            (Some(Provider::Anthropic), ResponseFormat::JsonObject) => Some(
+                "response_format json_object is not supported by anthropic (it has no JSON mode without a schema): send a json_schema"
+                    .into(),
+            ),
+            (Some(_), _) => None,
+        }
+    }
 }
 
 /// How the model may use the tools.

@@ -39,7 +39,9 @@ pub mod task;
 pub mod usage;
 
 pub use batch::{BatchRequest, BatchResult};
-pub use chat::{ChatRequest, ContentPart, Message, Params, Role, Tool, ToolCall, ToolChoice};
+pub use chat::{
+    ChatRequest, ContentPart, Message, Params, ResponseFormat, Role, Tool, ToolCall, ToolChoice,
+};
 pub use chunk::{Delta, FinishReason, ReplyChunk, ToolCallDelta, Usage};
 pub use codec::{CodecError, decode, encode};
 pub use envelope::{ReplyTarget, RequestEnvelope, SealedRequest};

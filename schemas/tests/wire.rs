@@ -77,6 +77,7 @@ fn sample_request() -> ChatRequest {
         }),
         stream: true,
         fallback_models: vec![],
+        response_format: None,
     }
 }
 
@@ -223,6 +224,46 @@ fn unknown_fields_and_enum_values_from_newer_peers_are_tolerated() {
     assert_eq!(chunk.finish_reason, Some(FinishReason::Other));
     assert!(chunk.last);
     assert_eq!(chunk.delta, None);
+}
+
+#[test]
+fn response_formats_round_trip_and_name_who_cannot_honour_them() {
+    use schemas::ResponseFormat;
+    use schemas::subjects::Provider;
+    let schema = ResponseFormat::JsonSchema {
+        name: "event".into(),
+        description: None,
+        schema_json: r#"{"type":"object"}"#.into(),
+        strict: Some(true),
+    };
+    for format in [ResponseFormat::JsonObject, schema.clone()] {
+        let mut request = sample_request();
+        request.response_format = Some(format.clone());
+        round_trip(&request);
+        // A tagged map other languages can write: {"type": "json_object"}.
+        let text = String::from_utf8_lossy(&encode(&request).unwrap()).into_owned();
+        assert!(text.contains("response_format") && text.contains(format.kind()));
+    }
+    // Absent, the field is not written: a request without one encodes as before.
+    let plain = String::from_utf8_lossy(&encode(&sample_request()).unwrap()).into_owned();
+    assert!(!plain.contains("response_format"));
+
+    for provider in [Provider::OpenAi, Provider::Google] {
+        assert_eq!(ResponseFormat::JsonObject.refusal(Some(provider)), None);
+        assert_eq!(schema.refusal(Some(provider)), None);
+    }
+    assert_eq!(schema.refusal(Some(Provider::Anthropic)), None);
+    let why = ResponseFormat::JsonObject
+        .refusal(Some(Provider::Anthropic))
+        .unwrap();
+    assert!(why.contains("json_schema"), "{why}");
+    for format in [ResponseFormat::JsonObject, schema] {
+        let why = format.refusal(None).unwrap();
+        assert!(
+            why.contains("open models") && why.contains(format.kind()),
+            "{why}"
+        );
+    }
 }
 
 #[test]

@@ -277,6 +277,7 @@ fn request(model: &str) -> ChatRequest {
         tool_choice: None,
         stream: false,
         fallback_models: vec![],
+        response_format: None,
     }
 }
 

@@ -97,6 +97,7 @@ fn row_request(args: &Args, row: u64, deadline: chrono::DateTime<Utc>) -> BatchR
             tool_choice: None,
             stream: false,
             fallback_models: Vec::new(),
+            response_format: None,
         },
         task,
         provider_key: args.provider_key.clone(),

@@ -184,6 +184,7 @@ fn chat(model: &str, text: &str) -> ChatRequest {
         tool_choice: None,
         stream: false,
         fallback_models: vec![],
+        response_format: None,
     }
 }
 

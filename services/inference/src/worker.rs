@@ -158,6 +158,15 @@ async fn run(
 ) -> Result<(), ErrorBody> {
     match (&sealed.task, &worker.engine) {
         (None, Engine::Decoder(decoder)) => {
+            // Free text where JSON was asked for would break the caller's parsing.
+            if let Some(why) = sealed
+                .request
+                .response_format
+                .as_ref()
+                .and_then(|f| f.refusal(None))
+            {
+                return Err(with_param(invalid(why), "response_format"));
+            }
             chat(worker, decoder, &sealed.request, request_id, sink).await
         }
         (Some(TaskInput::FeatureExtraction { inputs }), Engine::Encoder(encoder)) => {

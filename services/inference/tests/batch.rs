@@ -44,6 +44,7 @@ fn embed(row: u64) -> BatchRequest {
             tool_choice: None,
             stream: false,
             fallback_models: vec![],
+            response_format: None,
         },
         task: Some(TaskInput::FeatureExtraction {
             inputs: vec![text(row)],

@@ -66,6 +66,7 @@ async fn sigterm_drains_the_generation_in_progress() {
             tool_choice: None,
             stream: true,
             fallback_models: vec![],
+            response_format: None,
         },
         provider_key: None,
         provider_keys: Default::default(),

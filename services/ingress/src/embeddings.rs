@@ -210,6 +210,7 @@ pub fn normalize(req: EmbeddingsRequest) -> Result<EmbeddingsJob, ApiError> {
             tool_choice: None,
             stream: false,
             fallback_models,
+            response_format: None,
         },
         inputs,
         format,

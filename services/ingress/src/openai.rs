@@ -2,8 +2,8 @@
 //! the `chat.completion` / `chat.completion.chunk` objects built from reply chunks.
 
 use schemas::{
-    ChatRequest, ContentPart, ErrorKind, FinishReason, Message, Params, Role, Tool, ToolCall,
-    ToolChoice, Usage,
+    ChatRequest, ContentPart, ErrorKind, FinishReason, Message, Params, ResponseFormat, Role, Tool,
+    ToolCall, ToolChoice, Usage,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -48,6 +48,9 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<OaiTool>>,
     #[serde(default)]
     pub tool_choice: Option<Value>,
+    /// JSON mode or structured outputs.
+    #[serde(default)]
+    pub response_format: Option<OaiResponseFormat>,
     /// Fallbacks: tried in order when `model` fails before the first byte.
     #[serde(default)]
     pub models: Option<Vec<String>>,
@@ -199,6 +202,81 @@ pub struct OaiFunction {
     pub description: Option<String>,
     #[serde(default)]
     pub parameters: Option<Value>,
+}
+
+/// OpenAI's `response_format`: `{"type": "text" | "json_object" | "json_schema",
+/// "json_schema"?: {...}}`.
+#[derive(Debug, Deserialize)]
+pub struct OaiResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub json_schema: Option<OaiJsonSchema>,
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Deserialize)]
+pub struct OaiJsonSchema {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub schema: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// The longest schema name OpenAI accepts.
+const MAX_SCHEMA_NAME: usize = 64;
+
+/// `response_format` checked the way OpenAI documents it, normalized; `text` (the
+/// default) is no format at all.
+pub(crate) fn response_format(
+    raw: Option<OaiResponseFormat>,
+) -> Result<Option<ResponseFormat>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    match raw.kind.as_str() {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(ResponseFormat::JsonObject)),
+        "json_schema" => {
+            let spec = raw.json_schema.ok_or_else(|| {
+                invalid("missing required parameter: 'response_format.json_schema'")
+                    .with_param("response_format.json_schema")
+            })?;
+            let name = spec.name.unwrap_or_default();
+            if name.is_empty()
+                || name.len() > MAX_SCHEMA_NAME
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(invalid(format!(
+                    "'response_format.json_schema.name' must be 1 to {MAX_SCHEMA_NAME} letters, digits, '_' or '-'"
+                ))
+                .with_param("response_format.json_schema.name"));
+            }
+            let schema = match spec.schema {
+                Some(schema @ Value::Object(_)) => schema,
+                _ => {
+                    return Err(invalid(
+                        "'response_format.json_schema.schema' must be a JSON Schema object",
+                    )
+                    .with_param("response_format.json_schema.schema"));
+                }
+            };
+            Ok(Some(ResponseFormat::JsonSchema {
+                name,
+                description: spec.description,
+                schema_json: schema.to_string(),
+                strict: spec.strict,
+            }))
+        }
+        other => Err(invalid(format!(
+            "'response_format.type' must be \"text\", \"json_object\" or \"json_schema\", got {other:?}"
+        ))
+        .with_param("response_format.type")),
+    }
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -365,6 +443,7 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
     let tool_choice = req.tool_choice.as_ref().map(tool_choice).transpose()?;
     let stop = stop_list(req.stop);
     let fallback_models = fallbacks(&model, req.models)?;
+    let response_format = response_format(req.response_format)?;
     let stream = req.stream.unwrap_or(false);
     Ok(Normalized {
         include_usage: stream
@@ -390,6 +469,7 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
             tool_choice,
             stream,
             fallback_models,
+            response_format,
         },
     })
 }
@@ -601,6 +681,63 @@ mod tests {
             r.tool_choice,
             Some(ToolChoice::Function { name: "f".into() })
         );
+    }
+
+    fn format_of(json: &str) -> Result<Option<ResponseFormat>, ApiError> {
+        let body = format!(
+            r#"{{"model":"openai/x","messages":[{{"role":"user","content":"x"}}],"response_format":{json}}}"#
+        );
+        normalize(parse_body(body.as_bytes())?).map(|n| n.request.response_format)
+    }
+
+    #[test]
+    fn response_formats_normalize_and_bad_ones_name_the_field() {
+        assert_eq!(format_of(r#"{"type":"text"}"#).unwrap(), None);
+        assert_eq!(
+            format_of(r#"{"type":"json_object"}"#).unwrap(),
+            Some(ResponseFormat::JsonObject)
+        );
+        // The schema's text keeps the caller's property order: OpenAI answers in it.
+        assert_eq!(
+            format_of(
+                r#"{"type":"json_schema","json_schema":{"name":"ev-1","description":"an event","strict":true,
+                    "schema":{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}}}}}"#
+            )
+            .unwrap(),
+            Some(ResponseFormat::JsonSchema {
+                name: "ev-1".into(),
+                description: Some("an event".into()),
+                schema_json:
+                    r#"{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}}}"#
+                        .into(),
+                strict: Some(true),
+            })
+        );
+        for (json, param) in [
+            (r#"{"type":"yaml"}"#, "response_format.type"),
+            (r#"{"type":"json_schema"}"#, "response_format.json_schema"),
+            (
+                r#"{"type":"json_schema","json_schema":{"schema":{}}}"#,
+                "response_format.json_schema.name",
+            ),
+            (
+                r#"{"type":"json_schema","json_schema":{"name":"has space","schema":{}}}"#,
+                "response_format.json_schema.name",
+            ),
+            (
+                r#"{"type":"json_schema","json_schema":{"name":"n","schema":[1]}}"#,
+                "response_format.json_schema.schema",
+            ),
+            (
+                r#"{"type":"json_schema","json_schema":{"name":"n"}}"#,
+                "response_format.json_schema.schema",
+            ),
+            (r#"{"json_schema":{}}"#, "response_format"),
+        ] {
+            let e = format_of(json).unwrap_err();
+            assert_eq!(e.0.kind, ErrorKind::InvalidRequest, "{json}");
+            assert_eq!(e.0.param.as_deref(), Some(param), "{json}: {}", e.0.message);
+        }
     }
 
     #[test]

@@ -380,6 +380,36 @@ pub(crate) fn check_task(
     .with_param(param))
 }
 
+/// A 400 unless the model and each fallback can honour `format` (see
+/// [`schemas::ResponseFormat::refusal`]): answering in free text instead would break
+/// the caller's parsing.
+fn check_response_format(
+    catalog: &Catalog,
+    target: &Target<'_>,
+    fallbacks: &[String],
+    format: &schemas::ResponseFormat,
+) -> Result<(), ApiError> {
+    let provider = |t: &Target<'_>| match t {
+        Target::Closed(p) => Some(*p),
+        Target::Open { .. } => None,
+    };
+    if let Some(why) = format.refusal(provider(target)) {
+        return Err(ApiError::new(ErrorKind::InvalidRequest, why).with_param("response_format"));
+    }
+    for (i, model) in fallbacks.iter().enumerate() {
+        let param = format!("models[{i}]");
+        let fallback = resolve(catalog, model, &param)?;
+        if let Some(why) = format.refusal(provider(&fallback)) {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("the fallback model '{model}' cannot be used: {why}"),
+            )
+            .with_param(param));
+        }
+    }
+    Ok(())
+}
+
 /// Routes the model (closed: the translator, with the caller's `provider-key`; open:
 /// the catalog's models, no provider key, never forwarded), checks the model serves the
 /// request's task, and seals the request into an envelope. Every route of the API
@@ -394,6 +424,9 @@ pub(crate) fn prepare(
     let kind = task_of(task.as_ref());
     let target = resolve(&state.catalog, &request.model, "model")?;
     check_task(&state.catalog, &target, &request.model, kind, "model")?;
+    if let Some(format) = &request.response_format {
+        check_response_format(&state.catalog, &target, &request.fallback_models, format)?;
+    }
     if let Some(name) = headers
         .keys()
         .map(|n| n.as_str())

@@ -109,7 +109,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::metrics::RouteLabels;
-use crate::openai::{self, Completion, OaiMessage, OaiTool, Stop};
+use crate::openai::{self, Completion, OaiMessage, OaiResponseFormat, OaiTool, Stop};
 use crate::replies::Registration;
 use crate::routes::{self, CancelOnDrop, Dispatched, Shared, Target};
 
@@ -138,6 +138,9 @@ pub struct UnifiedRequest {
     pub tool_choice: Option<Value>,
     #[serde(default)]
     pub stream: Option<bool>,
+    /// Chat: JSON mode or structured outputs, as OpenAI's `response_format`.
+    #[serde(default)]
+    pub response_format: Option<OaiResponseFormat>,
     /// Fallbacks: tried in order when the path's model fails before the first byte.
     #[serde(default)]
     pub models: Option<Vec<String>>,
@@ -364,6 +367,7 @@ fn chat(
             .transpose()?,
         stream: req.stream.unwrap_or(false),
         fallback_models,
+        response_format: openai::response_format(req.response_format)?,
     })
 }
 
@@ -392,6 +396,7 @@ fn refuse_chat_fields(
     for (field, set) in [
         ("tools", req.tools.is_some()),
         ("tool_choice", req.tool_choice.is_some()),
+        ("response_format", req.response_format.is_some()),
     ] {
         if set {
             return Err(invalid(
@@ -439,6 +444,7 @@ fn task_request(
         tool_choice: None,
         stream: false,
         fallback_models,
+        response_format: None,
     })
 }
 

@@ -46,6 +46,7 @@ async fn a_closed_request_goes_on_to_its_open_fallback_with_its_keys() {
             tool_choice: None,
             stream: true,
             fallback_models: vec![open.into(), "anthropic/claude-haiku-4-5".into()],
+            response_format: None,
         },
         provider_key: Some("sk-openai".into()),
         provider_keys: [("anthropic".to_string(), "sk-ant".to_string())].into(),

@@ -151,7 +151,19 @@ fn plan(request: &MessagesRequest) -> Reply {
             };
         }
     }
-    Reply::Text(format!("echo: {text}"))
+    match output_schema(request) {
+        Some(schema) => Reply::Text(crate::mock::json_reply(&text, Some(schema))),
+        None => Reply::Text(format!("echo: {text}")),
+    }
+}
+
+/// The schema of a structured-output request (checked by [`validate`]).
+fn output_schema(request: &MessagesRequest) -> Option<&Value> {
+    request
+        .output_config
+        .as_ref()
+        .and_then(|c| c.format.as_ref())
+        .and_then(|f| f.schema.as_ref())
 }
 
 /// Per-request values shared by every event of one reply.
@@ -298,6 +310,21 @@ fn validate(request: &MessagesRequest) -> Result<(), String> {
     }
     if request.messages.is_empty() {
         return Err("messages: at least one message is required".into());
+    }
+    if let Some(format) = request
+        .output_config
+        .as_ref()
+        .and_then(|c| c.format.as_ref())
+    {
+        if format.kind != "json_schema" {
+            return Err(format!(
+                "output_config.format.type: Input should be 'json_schema', got '{}'",
+                format.kind
+            ));
+        }
+        if !format.schema.as_ref().is_some_and(Value::is_object) {
+            return Err("output_config.format.schema: Field required".into());
+        }
     }
     for (i, message) in request.messages.iter().enumerate() {
         if message.role != "user" && message.role != "assistant" {
@@ -489,6 +516,29 @@ mod tests {
         assert!(validate(&system_role).unwrap_err().contains("role"));
         let no_max = request(r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#);
         assert_eq!(validate(&no_max), Err("max_tokens: Field required".into()));
+    }
+
+    #[test]
+    fn structured_outputs_answer_json_and_need_a_schema() {
+        let with = request(
+            r#"{"model":"m","max_tokens":9,"messages":[{"role":"user","content":"hi"}],
+                "output_config":{"format":{"type":"json_schema","schema":{"type":"object"}}}}"#,
+        );
+        assert_eq!(validate(&with), Ok(()));
+        assert_eq!(
+            plan(&with),
+            Reply::Text(r#"{"echo":"hi","schema":{"type":"object"}}"#.into())
+        );
+        let no_schema = request(
+            r#"{"model":"m","max_tokens":9,"messages":[{"role":"user","content":"hi"}],
+                "output_config":{"format":{"type":"json_schema"}}}"#,
+        );
+        assert!(validate(&no_schema).unwrap_err().contains("schema"));
+        let not_json = request(
+            r#"{"model":"m","max_tokens":9,"messages":[{"role":"user","content":"hi"}],
+                "output_config":{"format":{"type":"json_object","schema":{}}}}"#,
+        );
+        assert!(validate(&not_json).unwrap_err().contains("json_schema"));
     }
 
     #[test]

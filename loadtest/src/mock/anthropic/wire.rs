@@ -17,6 +17,23 @@ pub(crate) struct MessagesRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub tools: Option<Vec<IgnoredAny>>,
+    /// Structured outputs: `{"format": {"type": "json_schema", "schema": {...}}}`.
+    #[serde(default)]
+    pub output_config: Option<OutputConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct OutputConfig {
+    #[serde(default)]
+    pub format: Option<OutputFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct OutputFormat {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,6 +17,18 @@ pub(crate) struct GenerateRequest {
     pub system_instruction: Option<Content>,
     #[serde(default)]
     pub tools: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    pub generation_config: Option<GenerationConfig>,
+}
+
+/// The part of `generationConfig` the mock reads: JSON output and its schema.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct GenerationConfig {
+    #[serde(default)]
+    pub response_mime_type: Option<String>,
+    #[serde(default)]
+    pub response_json_schema: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,7 +129,18 @@ pub(crate) fn plan(request: &GenerateRequest) -> Result<Reply, String> {
             args,
         });
     }
-    Ok(Reply::Text(format!("echo: {text}")))
+    let config = request.generation_config.as_ref();
+    let mime = config.and_then(|c| c.response_mime_type.as_deref());
+    let schema = config.and_then(|c| c.response_json_schema.as_ref());
+    match mime {
+        Some("application/json") => Ok(Reply::Text(crate::mock::json_reply(&text, schema))),
+        // Gemini: a response schema needs a JSON MIME type.
+        _ if schema.is_some() => Err(
+            "* GenerationConfig.response_json_schema: responseJsonSchema requires responseMimeType to be application/json\n"
+                .into(),
+        ),
+        _ => Ok(Reply::Text(format!("echo: {text}"))),
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +161,31 @@ mod tests {
         );
         assert_eq!(plan(&req), Ok(Reply::Text("echo: what is this?".into())));
         assert_eq!(prompt_tokens(&req), 2 + 2 + 2 + 3);
+    }
+
+    #[test]
+    fn json_mime_type_answers_json_and_a_schema_needs_it() {
+        let schema = request(
+            r#"{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{
+                "responseMimeType":"application/json","responseJsonSchema":{"type":"object"}}}"#,
+        );
+        assert_eq!(
+            plan(&schema),
+            Ok(Reply::Text(
+                r#"{"echo":"hi","schema":{"type":"object"}}"#.into()
+            ))
+        );
+        let mode = request(
+            r#"{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"responseMimeType":"application/json"}}"#,
+        );
+        assert_eq!(
+            plan(&mode),
+            Ok(Reply::Text(r#"{"echo":"hi","schema":null}"#.into()))
+        );
+        let no_mime = request(
+            r#"{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"responseJsonSchema":{}}}"#,
+        );
+        assert!(plan(&no_mime).unwrap_err().contains("responseMimeType"));
     }
 
     #[test]

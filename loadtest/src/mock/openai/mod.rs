@@ -176,6 +176,15 @@ async fn chat_completions(
             Some("empty_array"),
         );
     }
+    if let Some((message, param)) = request.response_format.as_ref().and_then(|f| f.problem()) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            &message,
+            "invalid_request_error",
+            Some(param),
+            None,
+        );
+    }
     let stream = request.stream.unwrap_or(false);
     let magic = reply::magic(&request.model);
     tracing::debug!(model = %request.model, stream, ?magic, "chat completion");

@@ -118,7 +118,18 @@ pub(crate) fn plan(request: &ChatRequest) -> Reply {
             .to_owned(),
         };
     }
-    Reply::Text(format!("echo: {text}"))
+    match request.response_format.as_ref().map(|f| f.kind.as_str()) {
+        Some("json_object") => Reply::Text(crate::mock::json_reply(&text, None)),
+        Some("json_schema") => {
+            let schema = request
+                .response_format
+                .as_ref()
+                .and_then(|f| f.json_schema.as_ref())
+                .and_then(|s| s.schema.as_ref());
+            Reply::Text(crate::mock::json_reply(&text, schema))
+        }
+        _ => Reply::Text(format!("echo: {text}")),
+    }
 }
 
 /// Cuts `text` into exactly `n` contiguous pieces on char boundaries whose char counts
@@ -222,6 +233,48 @@ mod tests {
                 arguments: "{}".into()
             }
         );
+    }
+
+    #[test]
+    fn json_requests_get_json_echoing_the_schema() {
+        let schema = r#"{"type":"object","properties":{"a":{"type":"string"}}}"#;
+        let with = request(&format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],
+                "response_format":{{"type":"json_schema","json_schema":{{"name":"x","schema":{schema}}}}}}}"#
+        ));
+        let Reply::Text(text) = plan(&with) else {
+            panic!("text expected")
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["echo"], "hi");
+        assert_eq!(
+            v["schema"],
+            serde_json::from_str::<serde_json::Value>(schema).unwrap()
+        );
+        let mode = request(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}"#,
+        );
+        assert_eq!(
+            plan(&mode),
+            Reply::Text(r#"{"echo":"hi","schema":null}"#.into())
+        );
+        let text = request(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"text"}}"#,
+        );
+        assert_eq!(plan(&text), Reply::Text("echo: hi".into()));
+        for (format, param) in [
+            (r#"{"type":"json_schema"}"#, "response_format.json_schema"),
+            (
+                r#"{"type":"json_schema","json_schema":{"schema":{}}}"#,
+                "response_format.json_schema.name",
+            ),
+            (r#"{"type":"xml"}"#, "response_format.type"),
+        ] {
+            let req = request(&format!(
+                r#"{{"model":"m","messages":[],"response_format":{format}}}"#
+            ));
+            assert_eq!(req.response_format.unwrap().problem().unwrap().1, param);
+        }
     }
 
     #[test]

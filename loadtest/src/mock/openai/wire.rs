@@ -18,6 +18,51 @@ pub(crate) struct ChatRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub tools: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// `response_format`: `text`, `json_object` or `json_schema` with its `json_schema`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub json_schema: Option<JsonSchemaSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct JsonSchemaSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+}
+
+impl ResponseFormat {
+    /// OpenAI's 400 message for a format it would refuse, with the parameter at fault.
+    pub(crate) fn problem(&self) -> Option<(String, &'static str)> {
+        match self.kind.as_str() {
+            "text" | "json_object" => None,
+            "json_schema" => match &self.json_schema {
+                None => Some((
+                    "Missing required parameter: 'response_format.json_schema'.".into(),
+                    "response_format.json_schema",
+                )),
+                Some(spec) if spec.name.as_deref().is_none_or(str::is_empty) => Some((
+                    "Missing required parameter: 'response_format.json_schema.name'.".into(),
+                    "response_format.json_schema.name",
+                )),
+                Some(_) => None,
+            },
+            other => Some((
+                format!(
+                    "Invalid value: '{other}'. Supported values are: 'text', 'json_object', and 'json_schema'."
+                ),
+                "response_format.type",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -154,6 +154,13 @@ def test_bad_requests_are_4xx(client):
     assert "feature-extraction" in str(e.value) or "embedding" in str(e.value)
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="acme/no-such-model", input="hi")
+    # Free text where JSON was asked for would break the caller's parsing: refused
+    # before the request waits for an instance.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=SMOLLM, messages=[{"role": "user", "content": "hi"}], response_format={"type": "json_object"})
+    assert e.value.body["param"] == "response_format"
+    assert "open models" in e.value.body["message"]
 
 
 def unified(sy, model: str, body: dict) -> tuple[int, dict]:

@@ -154,6 +154,97 @@ def test_params_a_provider_cannot_take_are_reported(client, model, dropped):
     assert raw.parse().choices[0].message.content == "echo: hi"
 
 
+# Structured outputs: the mocks answer a JSON request with {"echo": <last user text>,
+# "schema": <the schema the provider received, null in JSON mode>}, so these check that
+# each provider got the schema in its own field (OpenAI response_format, Anthropic
+# output_config.format, Gemini generationConfig.responseJsonSchema) and intact.
+EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string"},
+        "day": {"type": "string", "enum": ["Mon", "Tue", "Wed"]},
+        "people": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["title", "day", "people"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", MODELS)
+def test_structured_output_reaches_every_provider(client, model, stream):
+    prompt = f"Lunch on Tuesday {uuid.uuid4().hex[:6]}"
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "event", "strict": True, "schema": EVENT_SCHEMA},
+    }
+    if stream:
+        text = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(
+                model=model, messages=conversation(prompt), response_format=response_format, stream=True,
+            )
+            if c.choices
+        )
+    else:
+        text = client.chat.completions.create(
+            model=model, messages=conversation(prompt), response_format=response_format,
+        ).choices[0].message.content
+    assert json.loads(text) == {"echo": prompt, "schema": EVENT_SCHEMA}
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "google/gemini-2.5-flash"])
+def test_json_mode(client, model):
+    reply = client.chat.completions.create(
+        model=model, messages=conversation("json please"), response_format={"type": "json_object"},
+    )
+    assert json.loads(reply.choices[0].message.content) == {"echo": "json please", "schema": None}
+
+
+def test_json_mode_where_it_does_not_exist_is_a_400_not_free_text(client):
+    # Anthropic has structured outputs but no schema-less JSON mode.
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="anthropic/claude-sonnet-4-5", messages=conversation("hi"),
+            response_format={"type": "json_object"},
+        )
+    assert err.value.body["param"] == "response_format"
+    assert "json_schema" in err.value.body["message"]
+    # ... also as a fallback model: refused before anything is sent.
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=conversation("hi"),
+            response_format={"type": "json_object"}, extra_body={"models": ["anthropic/claude-sonnet-4-5"]},
+            extra_headers={"provider-key-anthropic": "sk-ant-mock-good"},
+        )
+    assert err.value.body["param"] == "models[0]"
+
+
+@pytest.mark.parametrize(
+    "response_format, param",
+    [
+        ({"type": "xml"}, "response_format.type"),
+        ({"type": "json_schema"}, "response_format.json_schema"),
+        ({"type": "json_schema", "json_schema": {"schema": EVENT_SCHEMA}}, "response_format.json_schema.name"),
+        ({"type": "json_schema", "json_schema": {"name": "bad name!", "schema": EVENT_SCHEMA}},
+         "response_format.json_schema.name"),
+        ({"type": "json_schema", "json_schema": {"name": "event", "schema": "object"}},
+         "response_format.json_schema.schema"),
+    ],
+)
+def test_bad_response_formats_are_400s_naming_the_field(client, response_format, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=conversation("hi"), response_format=response_format)
+    assert err.value.body["param"] == param
+
+
+def test_text_response_format_is_plain_text(client):
+    reply = client.chat.completions.create(
+        model=MODEL, messages=conversation("plain"), response_format={"type": "text"},
+    )
+    assert reply.choices[0].message.content == "echo: plain"
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_provider_rate_limit_is_429_with_retry_after(client, provider):
     with pytest.raises(openai.RateLimitError) as err:

@@ -159,3 +159,18 @@ def test_params_a_provider_cannot_take_are_reported(http, model, dropped):
     assert r.json().get("dropped_params") == dropped
     assert r.headers.get("x-switchyard-dropped-params") == (",".join(dropped) if dropped else None)
     assert r.json()["output"]["content"] == "echo: hi"
+
+
+def test_structured_output_through_the_unified_route(http):
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    response_format = {"type": "json_schema", "json_schema": {"name": "count", "schema": schema}}
+    r = http.post("/models/v2/google/gemini-2.5-flash",
+                  json={"text": "count it", "response_format": response_format})
+    assert r.status_code == 200, r.text
+    assert json.loads(r.json()["output"]["content"]) == {"echo": "count it", "schema": schema}
+    # Only chat takes a response format.
+    r = http.post("/models/v2/sentence-transformers/all-MiniLM-L6-v2",
+                  json={"inputs": ["a"], "response_format": response_format})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "response_format"

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use schemas::{
-    ChatRequest, ContentPart, Delta, ErrorBody, ErrorKind, FinishReason, Message, Role,
-    ToolCallDelta, ToolChoice, Usage,
+    ChatRequest, ContentPart, Delta, ErrorBody, ErrorKind, FinishReason, Message, ResponseFormat,
+    Role, ToolCallDelta, ToolChoice, Usage,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -400,6 +400,15 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Result<Value
             };
         }
     }
+    // Structured outputs (`output_config.format`, generally available; no beta header).
+    // A schema's name, description and `strict` have no field: Anthropic always follows
+    // the schema. `json_object` was refused before the call (`ResponseFormat::refusal`).
+    if let Some(ResponseFormat::JsonSchema { schema_json, .. }) = &request.response_format {
+        body["output_config"] = json!({"format": {
+            "type": "json_schema",
+            "schema": super::response_schema(schema_json)?,
+        }});
+    }
     if request.stream {
         body["stream"] = json!(true);
     }
@@ -617,6 +626,7 @@ mod tests {
             tool_choice: None,
             stream: false,
             fallback_models: vec![],
+            response_format: None,
         }
     }
 

@@ -20,8 +20,8 @@
 //!   we report it as `Authentication`, like every other provider's bad key.
 
 use schemas::{
-    ChatRequest, ContentPart, Delta, ErrorBody, ErrorKind, FinishReason, Message, Role,
-    ToolCallDelta, ToolChoice, Usage,
+    ChatRequest, ContentPart, Delta, ErrorBody, ErrorKind, FinishReason, Message, ResponseFormat,
+    Role, ToolCallDelta, ToolChoice, Usage,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -440,6 +440,18 @@ pub fn request_body(request: &ChatRequest) -> Result<Value, ErrorBody> {
     if let Some(x) = p.frequency_penalty {
         config.insert("frequencyPenalty".into(), json!(x));
     }
+    // JSON mode is the JSON MIME type; a schema goes in `responseJsonSchema` (JSON
+    // Schema as written, unlike `responseSchema`'s OpenAPI subset). Name, description
+    // and `strict` have no field.
+    if let Some(format) = &request.response_format {
+        config.insert("responseMimeType".into(), json!("application/json"));
+        if let ResponseFormat::JsonSchema { schema_json, .. } = format {
+            config.insert(
+                "responseJsonSchema".into(),
+                super::response_schema(schema_json)?,
+            );
+        }
+    }
     if !config.is_empty() {
         body["generationConfig"] = Value::Object(config);
     }
@@ -648,6 +660,7 @@ mod tests {
             tool_choice: None,
             stream: false,
             fallback_models: vec![],
+            response_format: None,
         }
     }
 

@@ -51,6 +51,13 @@ impl Providers {
         sink: &mut ChunkSink,
         on_first_byte: impl FnOnce(),
     ) -> Result<(), Failure> {
+        if let Some(why) = request
+            .response_format
+            .as_ref()
+            .and_then(|f| f.refusal(Some(provider)))
+        {
+            return Err(Failure::Reply(format_error(why)));
+        }
         sink.set_dropped_params(match provider {
             Provider::OpenAi => openai::dropped_params(&request.params),
             Provider::Anthropic => anthropic::dropped_params(&request.params),
@@ -73,6 +80,24 @@ impl Providers {
                     .await
             }
         }
+    }
+}
+
+/// A 400 about the request's `response_format`.
+fn format_error(message: impl Into<String>) -> ErrorBody {
+    let mut e = ErrorBody::new(ErrorKind::InvalidRequest, message);
+    e.param = Some("response_format".into());
+    e
+}
+
+/// The schema of a `json_schema` response format, parsed; a 400 when it is not a
+/// JSON object (the ingress checks it, a batch publisher may not have).
+pub(crate) fn response_schema(schema_json: &str) -> Result<serde_json::Value, ErrorBody> {
+    match serde_json::from_str::<serde_json::Value>(schema_json) {
+        Ok(schema @ serde_json::Value::Object(_)) => Ok(schema),
+        _ => Err(format_error(
+            "response_format.json_schema.schema is not a JSON Schema object",
+        )),
     }
 }
 
@@ -270,6 +295,99 @@ mod tests {
         assert_eq!(kind_for_status(429), ErrorKind::RateLimited);
         assert_eq!(kind_for_status(500), ErrorKind::Upstream);
         assert_eq!(kind_for_status(503), ErrorKind::Unavailable);
+    }
+
+    /// A request for `format`, with the given model.
+    fn asking(model: &str, format: Option<schemas::ResponseFormat>) -> ChatRequest {
+        ChatRequest {
+            model: model.into(),
+            messages: vec![schemas::Message::text(schemas::Role::User, "hi")],
+            params: schemas::Params::default(),
+            tools: vec![],
+            tool_choice: None,
+            stream: false,
+            fallback_models: vec![],
+            response_format: format,
+        }
+    }
+
+    const SCHEMA: &str =
+        r#"{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}}}"#;
+
+    fn with_schema() -> Option<schemas::ResponseFormat> {
+        Some(schemas::ResponseFormat::JsonSchema {
+            name: "ev".into(),
+            description: Some("an event".into()),
+            schema_json: SCHEMA.into(),
+            strict: Some(true),
+        })
+    }
+
+    #[test]
+    fn each_provider_gets_the_schema_in_its_own_field_in_the_callers_order() {
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
+        let body = openai::request_body(&asking("openai/m", with_schema()), "m").unwrap();
+        assert_eq!(
+            body["response_format"],
+            serde_json::json!({"type": "json_schema", "json_schema": {
+                "name": "ev", "description": "an event", "strict": true, "schema": schema}})
+        );
+        let body = anthropic::request_body(&asking("anthropic/m", with_schema()), "m").unwrap();
+        assert_eq!(
+            body["output_config"],
+            serde_json::json!({"format": {"type": "json_schema", "schema": schema}})
+        );
+        let body = gemini::request_body(&asking("google/m", with_schema())).unwrap();
+        assert_eq!(
+            body["generationConfig"],
+            serde_json::json!({"responseMimeType": "application/json", "responseJsonSchema": schema})
+        );
+        // Providers write the properties in the schema's order: it must survive.
+        let text = body.to_string();
+        assert!(text.find("zeta") < text.find("alpha"), "{text}");
+    }
+
+    #[test]
+    fn json_mode_and_plain_text() {
+        let json = Some(schemas::ResponseFormat::JsonObject);
+        let body = openai::request_body(&asking("openai/m", json.clone()), "m").unwrap();
+        assert_eq!(
+            body["response_format"],
+            serde_json::json!({"type": "json_object"})
+        );
+        let body = gemini::request_body(&asking("google/m", json)).unwrap();
+        assert_eq!(
+            body["generationConfig"],
+            serde_json::json!({"responseMimeType": "application/json"})
+        );
+        for body in [
+            openai::request_body(&asking("openai/m", None), "m").unwrap(),
+            anthropic::request_body(&asking("anthropic/m", None), "m").unwrap(),
+            gemini::request_body(&asking("google/m", None)).unwrap(),
+        ] {
+            for field in ["response_format", "output_config", "generationConfig"] {
+                assert!(body.get(field).is_none(), "{field} in {body}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_schema_that_is_not_an_object_is_a_400_not_free_text() {
+        let bad = Some(schemas::ResponseFormat::JsonSchema {
+            name: "ev".into(),
+            description: None,
+            schema_json: "[1]".into(),
+            strict: None,
+        });
+        let errors = [
+            openai::request_body(&asking("openai/m", bad.clone()), "m").unwrap_err(),
+            anthropic::request_body(&asking("anthropic/m", bad.clone()), "m").unwrap_err(),
+            gemini::request_body(&asking("google/m", bad)).unwrap_err(),
+        ];
+        for e in errors {
+            assert_eq!(e.kind, ErrorKind::InvalidRequest);
+            assert_eq!(e.param.as_deref(), Some("response_format"));
+        }
     }
 
     #[test]

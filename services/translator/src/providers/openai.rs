@@ -1,8 +1,8 @@
 //! OpenAI Chat Completions: `POST {base}/chat/completions`, JSON or SSE.
 
 use schemas::{
-    ChatRequest, ContentPart, Delta, ErrorBody, ErrorKind, FinishReason, Message, Role,
-    ToolCallDelta, ToolChoice, Usage,
+    ChatRequest, ContentPart, Delta, ErrorBody, ErrorKind, FinishReason, Message, ResponseFormat,
+    Role, ToolCallDelta, ToolChoice, Usage,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -46,7 +46,7 @@ impl OpenAi {
         sink: &mut ChunkSink,
         on_first_byte: impl FnOnce(),
     ) -> Result<(), Failure> {
-        let body = request_body(request, upstream_model);
+        let body = request_body(request, upstream_model).map_err(Failure::Reply)?;
         let call = self.http.post(&self.url).bearer_auth(key).json(&body);
         let response = send(call, PROVIDER, key, on_first_byte, error_from_body).await?;
         if request.stream {
@@ -211,8 +211,9 @@ fn message_json(m: &Message) -> Value {
     v
 }
 
-/// The Chat Completions request body.
-pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Value {
+/// The Chat Completions request body; a 400 for a response format whose schema is not
+/// a JSON object.
+pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Result<Value, ErrorBody> {
     let mut body = json!({
         "model": upstream_model,
         "messages": request.messages.iter().map(message_json).collect::<Vec<_>>(),
@@ -274,12 +275,33 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Value {
             }
         };
     }
+    match &request.response_format {
+        None => {}
+        Some(ResponseFormat::JsonObject) => {
+            body["response_format"] = json!({"type": "json_object"})
+        }
+        Some(ResponseFormat::JsonSchema {
+            name,
+            description,
+            schema_json,
+            strict,
+        }) => {
+            let mut spec = json!({"name": name, "schema": super::response_schema(schema_json)?});
+            if let Some(d) = description {
+                spec["description"] = json!(d);
+            }
+            if let Some(s) = strict {
+                spec["strict"] = json!(s);
+            }
+            body["response_format"] = json!({"type": "json_schema", "json_schema": spec});
+        }
+    }
     if request.stream {
         body["stream"] = json!(true);
         // Always ask for usage: it is recorded even when the caller did not ask for it.
         body["stream_options"] = json!({"include_usage": true});
     }
-    body
+    Ok(body)
 }
 
 /// Our error for an OpenAI error response.
@@ -479,8 +501,9 @@ mod tests {
             tool_choice: Some(ToolChoice::Required),
             stream: true,
             fallback_models: vec![],
+            response_format: None,
         };
-        let body = request_body(&request, "gpt-4o-mini");
+        let body = request_body(&request, "gpt-4o-mini").unwrap();
         assert_eq!(body["model"], "gpt-4o-mini");
         assert_eq!(body["messages"][0]["content"], "be brief");
         assert_eq!(

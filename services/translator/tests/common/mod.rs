@@ -96,6 +96,7 @@ pub fn request(model: &str, text: &str, stream: bool) -> ChatRequest {
         tool_choice: None,
         stream,
         fallback_models: vec![],
+        response_format: None,
     }
 }
 
