@@ -58,8 +58,9 @@ const ROUTE: &str = "embeddings";
 /// Most texts one request may embed (OpenAI's limit too).
 pub const MAX_INPUTS: usize = 2048;
 
-/// The body of `POST /v1/embeddings`, as OpenAI documents it.
+/// The body of `POST /v1/embeddings`, as OpenAI documents it; an unknown field is a 400.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EmbeddingsRequest {
     #[serde(default)]
     pub model: Option<String>,

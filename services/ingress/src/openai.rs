@@ -10,8 +10,11 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 
-/// `POST /v1/chat/completions` body, as OpenAI documents it (the fields we use).
+/// `POST /v1/chat/completions` body, as OpenAI documents it. A field OpenAI does not
+/// document (nor our `top_k` and `models`) is a 400, as OpenAI answers one: a misspelt
+/// `max_token` silently ignored would be worse.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChatCompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
@@ -63,6 +66,111 @@ pub struct ChatCompletionRequest {
         alias = "endpoint"
     )]
     pub base_url: Option<serde::de::IgnoredAny>,
+    // OpenAI parameters not implemented here: see [`not_implemented`].
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub modalities: Option<Vec<String>>,
+    #[serde(default)]
+    pub audio: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub prediction: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub web_search_options: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub functions: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub function_call: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
+    #[serde(default)]
+    pub verbosity: Option<String>,
+    #[serde(default)]
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub service_tier: Option<String>,
+    #[serde(default)]
+    pub store: Option<bool>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub prompt_cache_key: Option<String>,
+    #[serde(default)]
+    pub safety_identifier: Option<String>,
+}
+
+/// OpenAI's chat parameters this gateway does not implement: a 400 for one that would
+/// change what the caller gets back (log probabilities, audio, predicted outputs, web
+/// search, the deprecated `functions`); otherwise the names of the others set to
+/// anything but their default, accepted and reported in `x-switchyard-dropped-params`
+/// like a parameter a provider has no equivalent for.
+pub(crate) fn not_implemented(u: &ChatCompletionRequest) -> Result<Vec<String>, ApiError> {
+    let refuse = |param: &str, why: &str| {
+        Err(invalid(format!("'{param}' is not supported: {why}")).with_param(param))
+    };
+    if u.logprobs == Some(true) {
+        return refuse("logprobs", "answers carry no log probabilities");
+    }
+    if u.top_logprobs.is_some() {
+        return refuse("top_logprobs", "answers carry no log probabilities");
+    }
+    if u.modalities
+        .as_ref()
+        .is_some_and(|m| m.iter().any(|m| m != "text"))
+    {
+        return refuse("modalities", "only text output is served");
+    }
+    if u.audio.is_some() {
+        return refuse("audio", "only text output is served");
+    }
+    if u.prediction.is_some() {
+        return refuse("prediction", "predicted outputs are not forwarded");
+    }
+    if u.web_search_options.is_some() {
+        return refuse("web_search_options", "web search is not forwarded");
+    }
+    for param in ["functions", "function_call"] {
+        let set = if param == "functions" {
+            u.functions.is_some()
+        } else {
+            u.function_call.is_some()
+        };
+        if set {
+            return refuse(param, "it is deprecated; send 'tools' and 'tool_choice'");
+        }
+    }
+    let mut dropped = Vec::new();
+    for (param, set) in [
+        ("parallel_tool_calls", u.parallel_tool_calls == Some(false)),
+        ("reasoning_effort", u.reasoning_effort.is_some()),
+        ("verbosity", u.verbosity.is_some()),
+        (
+            "logit_bias",
+            u.logit_bias.as_ref().is_some_and(|m| !m.is_empty()),
+        ),
+        (
+            "service_tier",
+            u.service_tier
+                .as_deref()
+                .is_some_and(|t| t != "auto" && t != "default"),
+        ),
+        ("store", u.store == Some(true)),
+        (
+            "metadata",
+            u.metadata.as_ref().is_some_and(|m| !m.is_empty()),
+        ),
+        ("prompt_cache_key", u.prompt_cache_key.is_some()),
+        ("safety_identifier", u.safety_identifier.is_some()),
+    ] {
+        if set {
+            dropped.push(param.to_string());
+        }
+    }
+    Ok(dropped)
 }
 
 /// The answer to a request that tries to choose the provider's URL: the gateway would
@@ -311,6 +419,9 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
             invalid(format!("request body is not valid JSON: {inner}"))
         } else if path == "." {
             invalid(format!("request body must be a JSON object: {inner}"))
+        } else if inner.to_string().starts_with("unknown field") {
+            // OpenAI's wording; serde's lists every known field.
+            invalid(format!("Unrecognized request argument supplied: {path}")).with_param(path)
         } else {
             invalid(format!("invalid value for '{path}': {inner}")).with_param(path)
         }
@@ -418,6 +529,8 @@ pub(crate) fn stop_list(stop: Option<Stop>) -> Vec<String> {
 pub struct Normalized {
     pub request: ChatRequest,
     pub include_usage: bool,
+    /// Parameters accepted but not implemented, to report with the provider's own.
+    pub dropped_params: Vec<String>,
 }
 
 /// Validates the request and converts it to the normalized form.
@@ -425,6 +538,7 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
     if req.base_url.is_some() {
         return Err(base_url_override("base_url"));
     }
+    let dropped_params = not_implemented(&req)?;
     let model = match req.model {
         Some(m) if !m.trim().is_empty() => m,
         _ => return Err(invalid("you must provide a model parameter").with_param("model")),
@@ -446,6 +560,7 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
     let response_format = response_format(req.response_format)?;
     let stream = req.stream.unwrap_or(false);
     Ok(Normalized {
+        dropped_params,
         include_usage: stream
             && req
                 .stream_options
@@ -738,6 +853,78 @@ mod tests {
             assert_eq!(e.0.kind, ErrorKind::InvalidRequest, "{json}");
             assert_eq!(e.0.param.as_deref(), Some(param), "{json}: {}", e.0.message);
         }
+    }
+
+    #[test]
+    fn unknown_fields_are_400s_naming_them_as_openai_does() {
+        let e = parse_body(br#"{"model":"openai/x","messages":[],"max_token":5}"#).unwrap_err();
+        assert_eq!(e.0.kind, ErrorKind::InvalidRequest);
+        assert_eq!(e.0.param.as_deref(), Some("max_token"), "{}", e.0.message);
+        assert_eq!(
+            e.0.message,
+            "Unrecognized request argument supplied: max_token"
+        );
+        // Nested objects keep their own (lenient) rules: only the top level is checked.
+        let e = parse_body(
+            br#"{"model":"openai/x","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true},"extra":1}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.0.param.as_deref(), Some("extra"));
+    }
+
+    fn dropped_or_refused(extra: &str) -> Result<Vec<String>, ApiError> {
+        let body = format!(
+            r#"{{"model":"openai/x","messages":[{{"role":"user","content":"x"}}],{extra}}}"#
+        );
+        normalize(parse_body(body.as_bytes())?).map(|n| n.dropped_params)
+    }
+
+    #[test]
+    fn unimplemented_parameters_are_refused_or_reported() {
+        for (extra, param) in [
+            (r#""logprobs":true"#, "logprobs"),
+            (r#""top_logprobs":3"#, "top_logprobs"),
+            (r#""modalities":["text","audio"]"#, "modalities"),
+            (r#""audio":{"voice":"alloy","format":"wav"}"#, "audio"),
+            (
+                r#""prediction":{"type":"content","content":"x"}"#,
+                "prediction",
+            ),
+            (r#""web_search_options":{}"#, "web_search_options"),
+            (r#""functions":[{"name":"f"}]"#, "functions"),
+            (r#""function_call":"auto""#, "function_call"),
+        ] {
+            let e = dropped_or_refused(extra).unwrap_err();
+            assert_eq!(e.0.param.as_deref(), Some(param), "{extra}");
+            assert!(e.0.message.contains("not supported"), "{}", e.0.message);
+        }
+        // Defaults (and nulls) lose nothing: not reported.
+        assert_eq!(
+            dropped_or_refused(
+                r#""logprobs":false,"modalities":["text"],"parallel_tool_calls":true,"store":false,
+                   "service_tier":"auto","metadata":{},"logit_bias":{},"audio":null,"reasoning_effort":null"#
+            )
+            .unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            dropped_or_refused(
+                r#""parallel_tool_calls":false,"reasoning_effort":"low","verbosity":"high","logit_bias":{"50256":-100},
+                   "service_tier":"flex","store":true,"metadata":{"k":"v"},"prompt_cache_key":"p","safety_identifier":"s""#
+            )
+            .unwrap(),
+            [
+                "parallel_tool_calls",
+                "reasoning_effort",
+                "verbosity",
+                "logit_bias",
+                "service_tier",
+                "store",
+                "metadata",
+                "prompt_cache_key",
+                "safety_identifier"
+            ]
+        );
     }
 
     #[test]

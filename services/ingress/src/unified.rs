@@ -116,8 +116,9 @@ use crate::routes::{self, CancelOnDrop, Dispatched, Shared, Target};
 /// The `route` label of this route's metrics.
 const ROUTE: &str = "unified";
 
-/// The body of `POST /models/v2/{model id}`.
+/// The body of `POST /models/v2/{model id}`; an unknown field is a 400.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UnifiedRequest {
     /// Not allowed: the path names the model. Read only to say so.
     #[serde(default)]

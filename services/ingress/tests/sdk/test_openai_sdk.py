@@ -154,6 +154,40 @@ def test_params_a_provider_cannot_take_are_reported(client, model, dropped):
     assert raw.parse().choices[0].message.content == "echo: hi"
 
 
+def test_openai_parameters_not_implemented_are_reported_with_the_providers_own(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="anthropic/claude-sonnet-4-5", messages=conversation("hi"), seed=7,
+        reasoning_effort="high", parallel_tool_calls=False, store=False, service_tier="auto",
+    )
+    # Anthropic has no seed; the gateway implements neither reasoning_effort nor
+    # parallel_tool_calls=false; store=false and service_tier=auto are defaults.
+    assert raw.headers.get("x-switchyard-dropped-params") == "seed,parallel_tool_calls,reasoning_effort"
+    assert json.loads(raw.text)["dropped_params"] == ["seed", "parallel_tool_calls", "reasoning_effort"]
+    assert raw.parse().choices[0].message.content == "echo: hi"
+    stream = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=conversation("hi"), stream=True, verbosity="low")
+    assert stream.headers.get("x-switchyard-dropped-params") == "verbosity"
+    assert "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices) == "echo: hi"
+
+
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
+        ({"extra_body": {"max_token": 5}}, "max_token"),
+    ],
+)
+def test_parameters_that_would_change_the_answer_and_unknown_ones_are_400s(client, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=conversation("hi"), **kwargs)
+    assert err.value.body["param"] == param
+    if param == "max_token":
+        assert err.value.body["message"] == "Unrecognized request argument supplied: max_token"
+
+
 # Structured outputs: the mocks answer a JSON request with {"echo": <last user text>,
 # "schema": <the schema the provider received, null in JSON mode>}, so these check that
 # each provider got the schema in its own field (OpenAI response_format, Anthropic
