@@ -132,6 +132,14 @@ pub struct Params {
     /// End-user id for the provider's abuse monitoring.
     #[serde(default)]
     pub user: Option<String>,
+    /// How hard a reasoning model thinks (OpenAI's `reasoning_effort`: `none`,
+    /// `minimal`, `low`, `medium`, `high`, `xhigh`); OpenAI only, reported dropped elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
+    /// Whether the model may call several tools in one turn (OpenAI's
+    /// `parallel_tool_calls`); absent means the provider's default (yes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// A function the model may call.

@@ -317,6 +317,7 @@ async fn chat(
     let dropped: Vec<String> = [
         ("presence_penalty", p.presence_penalty.is_some()),
         ("frequency_penalty", p.frequency_penalty.is_some()),
+        ("reasoning_effort", p.reasoning_effort.is_some()),
     ]
     .into_iter()
     .filter(|(_, set)| *set)

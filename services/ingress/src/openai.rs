@@ -51,6 +51,10 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<OaiTool>>,
     #[serde(default)]
     pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
     /// JSON mode or structured outputs.
     #[serde(default)]
     pub response_format: Option<OaiResponseFormat>,
@@ -83,10 +87,6 @@ pub struct ChatCompletionRequest {
     pub functions: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     pub function_call: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    pub parallel_tool_calls: Option<bool>,
-    #[serde(default)]
-    pub reasoning_effort: Option<String>,
     #[serde(default)]
     pub verbosity: Option<String>,
     #[serde(default)]
@@ -145,8 +145,6 @@ pub(crate) fn not_implemented(u: &ChatCompletionRequest) -> Result<Vec<String>, 
     }
     let mut dropped = Vec::new();
     for (param, set) in [
-        ("parallel_tool_calls", u.parallel_tool_calls == Some(false)),
-        ("reasoning_effort", u.reasoning_effort.is_some()),
         ("verbosity", u.verbosity.is_some()),
         (
             "logit_bias",
@@ -213,6 +211,9 @@ pub(crate) fn fallbacks(model: &str, models: Option<Vec<String>>) -> Result<Vec<
 /// Fallback models one request may name.
 pub const MAX_FALLBACKS: usize = 4;
 
+/// OpenAI's `reasoning_effort` levels.
+pub const REASONING_EFFORTS: [&str; 6] = ["none", "minimal", "low", "medium", "high", "xhigh"];
+
 /// Checks parameter ranges the way providers document them, so a bad value is our 400
 /// naming the field, not a provider error after a round trip.
 pub(crate) fn validate_params(p: &schemas::Params) -> Result<(), ApiError> {
@@ -232,6 +233,15 @@ pub(crate) fn validate_params(p: &schemas::Params) -> Result<(), ApiError> {
     }
     if p.stop.len() > 4 {
         return Err(invalid("'stop' takes at most 4 sequences").with_param("stop"));
+    }
+    if let Some(effort) = &p.reasoning_effort
+        && !REASONING_EFFORTS.contains(&effort.as_str())
+    {
+        return Err(invalid(format!(
+            "'reasoning_effort' must be one of {}, got {effort:?}",
+            REASONING_EFFORTS.join(", ")
+        ))
+        .with_param("reasoning_effort"));
     }
     Ok(())
 }
@@ -579,6 +589,8 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
                 presence_penalty: req.presence_penalty,
                 frequency_penalty: req.frequency_penalty,
                 user: req.user,
+                reasoning_effort: req.reasoning_effort,
+                parallel_tool_calls: req.parallel_tool_calls,
             },
             tools,
             tool_choice,
@@ -880,6 +892,25 @@ mod tests {
     }
 
     #[test]
+    fn reasoning_effort_and_parallel_tool_calls_are_carried_and_checked() {
+        let body = br#"{"model":"openai/x","messages":[{"role":"user","content":"x"}],
+                        "reasoning_effort":"minimal","parallel_tool_calls":false}"#;
+        let n = normalize(parse_body(body).unwrap()).unwrap();
+        assert_eq!(
+            n.request.params.reasoning_effort.as_deref(),
+            Some("minimal")
+        );
+        assert_eq!(n.request.params.parallel_tool_calls, Some(false));
+        assert!(n.dropped_params.is_empty());
+        let mut params = n.request.params;
+        assert!(validate_params(&params).is_ok());
+        params.reasoning_effort = Some("extreme".into());
+        let e = validate_params(&params).unwrap_err();
+        assert_eq!(e.0.param.as_deref(), Some("reasoning_effort"));
+        assert!(e.0.message.contains("minimal"), "{}", e.0.message);
+    }
+
+    #[test]
     fn unimplemented_parameters_are_refused_or_reported() {
         for (extra, param) in [
             (r#""logprobs":true"#, "logprobs"),
@@ -909,13 +940,11 @@ mod tests {
         );
         assert_eq!(
             dropped_or_refused(
-                r#""parallel_tool_calls":false,"reasoning_effort":"low","verbosity":"high","logit_bias":{"50256":-100},
+                r#""verbosity":"high","logit_bias":{"50256":-100},
                    "service_tier":"flex","store":true,"metadata":{"k":"v"},"prompt_cache_key":"p","safety_identifier":"s""#
             )
             .unwrap(),
             [
-                "parallel_tool_calls",
-                "reasoning_effort",
                 "verbosity",
                 "logit_bias",
                 "service_tier",

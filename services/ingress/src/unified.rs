@@ -180,6 +180,12 @@ pub struct UnifiedParams {
     pub frequency_penalty: Option<f64>,
     #[serde(default)]
     pub user: Option<String>,
+    /// Chat with a reasoning model: OpenAI's `reasoning_effort` levels.
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
+    /// Chat with tools: whether several may be called in one turn.
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     /// Zero-shot classification: the labels to score.
     #[serde(default)]
     pub candidate_labels: Option<Vec<String>>,
@@ -201,6 +207,8 @@ impl UnifiedParams {
             ("seed", self.seed.is_some()),
             ("presence_penalty", self.presence_penalty.is_some()),
             ("frequency_penalty", self.frequency_penalty.is_some()),
+            ("reasoning_effort", self.reasoning_effort.is_some()),
+            ("parallel_tool_calls", self.parallel_tool_calls.is_some()),
         ]
         .into_iter()
         .find_map(|(name, set)| set.then_some(name))
@@ -359,6 +367,8 @@ fn chat(
             presence_penalty: params.presence_penalty,
             frequency_penalty: params.frequency_penalty,
             user: params.user,
+            reasoning_effort: params.reasoning_effort,
+            parallel_tool_calls: params.parallel_tool_calls,
         },
         tools: openai::convert_tools(req.tools.unwrap_or_default())?,
         tool_choice: req

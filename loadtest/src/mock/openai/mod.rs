@@ -176,7 +176,7 @@ async fn chat_completions(
             Some("empty_array"),
         );
     }
-    if let Some((message, param)) = request.response_format.as_ref().and_then(|f| f.problem()) {
+    if let Some((message, param)) = request.problem() {
         return error_response(
             StatusCode::BAD_REQUEST,
             &message,

@@ -273,8 +273,20 @@ mod tests {
             let req = request(&format!(
                 r#"{{"model":"m","messages":[],"response_format":{format}}}"#
             ));
-            assert_eq!(req.response_format.unwrap().problem().unwrap().1, param);
+            assert_eq!(req.problem().unwrap().1, param);
         }
+        let parallel_without_tools =
+            request(r#"{"model":"m","messages":[],"parallel_tool_calls":false}"#);
+        assert_eq!(
+            parallel_without_tools.problem().unwrap().1,
+            "parallel_tool_calls"
+        );
+        let with_tools = request(
+            r#"{"model":"m","messages":[],"tools":[{}],"parallel_tool_calls":false,"reasoning_effort":"low"}"#,
+        );
+        assert_eq!(with_tools.problem(), None);
+        let bad_effort = request(r#"{"model":"m","messages":[],"reasoning_effort":"max"}"#);
+        assert_eq!(bad_effort.problem().unwrap().1, "reasoning_effort");
     }
 
     #[test]

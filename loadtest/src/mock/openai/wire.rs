@@ -20,6 +20,35 @@ pub(crate) struct ChatRequest {
     pub tools: Option<Vec<IgnoredAny>>,
     #[serde(default)]
     pub response_format: Option<ResponseFormat>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
+}
+
+impl ChatRequest {
+    /// OpenAI's 400 for parameters it refuses in this combination, with the parameter.
+    pub(crate) fn problem(&self) -> Option<(String, &'static str)> {
+        if self.parallel_tool_calls.is_some() && self.tools.as_ref().is_none_or(Vec::is_empty) {
+            return Some((
+                "Invalid value for 'parallel_tool_calls': 'parallel_tool_calls' is only allowed when 'tools' are specified.".into(),
+                "parallel_tool_calls",
+            ));
+        }
+        if let Some(effort) = &self.reasoning_effort
+            && !["none", "minimal", "low", "medium", "high", "xhigh"].contains(&effort.as_str())
+        {
+            return Some((
+                format!(
+                    "Invalid value: '{effort}'. Supported values are: 'none', 'minimal', 'low', 'medium', 'high', and 'xhigh'."
+                ),
+                "reasoning_effort",
+            ));
+        }
+        self.response_format
+            .as_ref()
+            .and_then(ResponseFormat::problem)
+    }
 }
 
 /// `response_format`: `text`, `json_object` or `json_schema` with its `json_schema`.

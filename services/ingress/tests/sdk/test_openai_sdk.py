@@ -157,13 +157,20 @@ def test_params_a_provider_cannot_take_are_reported(client, model, dropped):
 def test_openai_parameters_not_implemented_are_reported_with_the_providers_own(client):
     raw = client.chat.completions.with_raw_response.create(
         model="anthropic/claude-sonnet-4-5", messages=conversation("hi"), seed=7,
-        reasoning_effort="high", parallel_tool_calls=False, store=False, service_tier="auto",
+        reasoning_effort="high", metadata={"team": "a"}, store=False, service_tier="auto",
     )
-    # Anthropic has no seed; the gateway implements neither reasoning_effort nor
-    # parallel_tool_calls=false; store=false and service_tier=auto are defaults.
-    assert raw.headers.get("x-switchyard-dropped-params") == "seed,parallel_tool_calls,reasoning_effort"
-    assert json.loads(raw.text)["dropped_params"] == ["seed", "parallel_tool_calls", "reasoning_effort"]
+    # Anthropic has no seed and no reasoning levels; the gateway does not forward
+    # metadata; store=false and service_tier=auto are defaults, nothing lost.
+    assert raw.headers.get("x-switchyard-dropped-params") == "seed,reasoning_effort,metadata"
+    assert json.loads(raw.text)["dropped_params"] == ["seed", "reasoning_effort", "metadata"]
     assert raw.parse().choices[0].message.content == "echo: hi"
+    # OpenAI takes both reasoning_effort and parallel_tool_calls: nothing dropped.
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": 'call:get_weather {"city": "Rome"}'}],
+        tools=[WEATHER_TOOL], parallel_tool_calls=False, reasoning_effort="low",
+    )
+    assert raw.headers.get("x-switchyard-dropped-params") is None
+    assert raw.parse().choices[0].message.tool_calls[0].function.name == "get_weather"
     stream = client.chat.completions.with_raw_response.create(
         model=MODEL, messages=conversation("hi"), stream=True, verbosity="low")
     assert stream.headers.get("x-switchyard-dropped-params") == "verbosity"

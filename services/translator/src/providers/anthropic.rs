@@ -310,6 +310,8 @@ pub fn dropped_params(params: &schemas::Params) -> Vec<String> {
         ("seed", params.seed.is_some()),
         ("presence_penalty", params.presence_penalty.is_some()),
         ("frequency_penalty", params.frequency_penalty.is_some()),
+        // Extended thinking takes a token budget, not a level: no faithful mapping.
+        ("reasoning_effort", params.reasoning_effort.is_some()),
     ]
     .into_iter()
     .filter(|(_, set)| *set)
@@ -391,13 +393,22 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Result<Value
         }
         body["tools"] = Value::Array(tools);
         // tool_choice without tools is an Anthropic 400; without tools there is nothing to choose.
-        if let Some(choice) = &request.tool_choice {
-            body["tool_choice"] = match choice {
-                ToolChoice::Auto => json!({"type": "auto"}),
-                ToolChoice::None => json!({"type": "none"}),
-                ToolChoice::Required => json!({"type": "any"}),
-                ToolChoice::Function { name } => json!({"type": "tool", "name": name}),
-            };
+        let mut choice = request.tool_choice.as_ref().map(|choice| match choice {
+            ToolChoice::Auto => json!({"type": "auto"}),
+            ToolChoice::None => json!({"type": "none"}),
+            ToolChoice::Required => json!({"type": "any"}),
+            ToolChoice::Function { name } => json!({"type": "tool", "name": name}),
+        });
+        // One call per turn: Anthropic's `disable_parallel_tool_use`, on the choice
+        // (`auto` when none was given; `none` calls nothing anyway).
+        if p.parallel_tool_calls == Some(false)
+            && !matches!(request.tool_choice, Some(ToolChoice::None))
+        {
+            choice.get_or_insert_with(|| json!({"type": "auto"}))["disable_parallel_tool_use"] =
+                json!(true);
+        }
+        if let Some(choice) = choice {
+            body["tool_choice"] = choice;
         }
     }
     // Structured outputs (`output_config.format`, generally available; no beta header).

@@ -321,11 +321,19 @@ fn function_name<'a>(
 
 /// The parameters of `params` Gemini has no field for.
 pub fn dropped_params(params: &schemas::Params) -> Vec<String> {
-    if params.user.is_some() {
-        vec!["user".to_string()]
-    } else {
-        Vec::new()
-    }
+    [
+        ("user", params.user.is_some()),
+        // Thinking is a budget (2.5) or a level (3) depending on the model.
+        ("reasoning_effort", params.reasoning_effort.is_some()),
+        (
+            "parallel_tool_calls",
+            params.parallel_tool_calls == Some(false),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(name, _)| name.to_string())
+    .collect()
 }
 
 /// The `generateContent` request body.
@@ -725,6 +733,8 @@ mod tests {
             presence_penalty: Some(0.1),
             frequency_penalty: Some(0.2),
             user: Some("u".into()),
+            reasoning_effort: None,
+            parallel_tool_calls: None,
         };
         request.tools = vec![Tool {
             name: "get_weather".into(),

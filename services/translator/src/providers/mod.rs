@@ -391,6 +391,62 @@ mod tests {
     }
 
     #[test]
+    fn reasoning_effort_and_one_tool_call_per_turn() {
+        let tool = schemas::Tool {
+            name: "f".into(),
+            description: None,
+            parameters_json: None,
+        };
+        let mut request = asking("openai/m", None);
+        request.params.reasoning_effort = Some("high".into());
+        request.params.parallel_tool_calls = Some(false);
+        // Without tools OpenAI refuses parallel_tool_calls, and it means nothing.
+        let body = openai::request_body(&request, "m").unwrap();
+        assert_eq!(body["reasoning_effort"], "high");
+        assert!(body.get("parallel_tool_calls").is_none(), "{body}");
+        assert!(openai::dropped_params(&request.params).is_empty());
+        request.tools = vec![tool];
+        let body = openai::request_body(&request, "m").unwrap();
+        assert_eq!(body["parallel_tool_calls"], false);
+
+        // Anthropic: on the tool choice, `auto` when none was given.
+        let body = anthropic::request_body(&request, "m").unwrap();
+        assert_eq!(
+            body["tool_choice"],
+            serde_json::json!({"type": "auto", "disable_parallel_tool_use": true})
+        );
+        request.tool_choice = Some(schemas::ToolChoice::Required);
+        let body = anthropic::request_body(&request, "m").unwrap();
+        assert_eq!(
+            body["tool_choice"],
+            serde_json::json!({"type": "any", "disable_parallel_tool_use": true})
+        );
+        request.tool_choice = Some(schemas::ToolChoice::None);
+        let body = anthropic::request_body(&request, "m").unwrap();
+        assert_eq!(body["tool_choice"], serde_json::json!({"type": "none"}));
+        request.params.parallel_tool_calls = Some(true);
+        request.tool_choice = None;
+        let body = anthropic::request_body(&request, "m").unwrap();
+        assert!(body.get("tool_choice").is_none(), "{body}");
+        assert!(body.get("reasoning_effort").is_none(), "{body}");
+        assert_eq!(
+            anthropic::dropped_params(&request.params),
+            ["reasoning_effort"]
+        );
+
+        // Gemini has neither; `true` is its default, so only `false` is lost.
+        assert_eq!(
+            gemini::dropped_params(&request.params),
+            ["reasoning_effort"]
+        );
+        request.params.parallel_tool_calls = Some(false);
+        assert_eq!(
+            gemini::dropped_params(&request.params),
+            ["reasoning_effort", "parallel_tool_calls"]
+        );
+    }
+
+    #[test]
     fn scrub_removes_the_key() {
         assert_eq!(
             scrub("bad key sk-secret-123", "sk-secret-123"),

@@ -243,6 +243,15 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Result<Value
     if let Some(u) = &p.user {
         body["user"] = json!(u);
     }
+    if let Some(effort) = &p.reasoning_effort {
+        body["reasoning_effort"] = json!(effort);
+    }
+    // OpenAI refuses parallel_tool_calls without tools; without tools it means nothing.
+    if let Some(parallel) = p.parallel_tool_calls
+        && !request.tools.is_empty()
+    {
+        body["parallel_tool_calls"] = json!(parallel);
+    }
     if !request.tools.is_empty() {
         body["tools"] = Value::Array(
             request
