@@ -142,6 +142,16 @@ pub struct Params {
     pub parallel_tool_calls: Option<bool>,
 }
 
+/// The names whose flag is set, in order: how every worker lists the parameters it
+/// dropped (`ReplyChunk::dropped_params`).
+pub fn names_set<'a>(flags: impl IntoIterator<Item = (&'a str, bool)>) -> Vec<String> {
+    flags
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Tool {

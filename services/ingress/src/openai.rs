@@ -109,47 +109,39 @@ pub struct ChatCompletionRequest {
 /// anything but their default, accepted and reported in `x-switchyard-dropped-params`
 /// like a parameter a provider has no equivalent for.
 pub(crate) fn not_implemented(u: &ChatCompletionRequest) -> Result<Vec<String>, ApiError> {
-    let refuse = |param: &str, why: &str| {
-        Err(invalid(format!("'{param}' is not supported: {why}")).with_param(param))
-    };
-    if u.logprobs == Some(true) {
-        return refuse("logprobs", "answers carry no log probabilities");
-    }
-    if u.top_logprobs.is_some() {
-        return refuse("top_logprobs", "answers carry no log probabilities");
-    }
-    if u.modalities
-        .as_ref()
-        .is_some_and(|m| m.iter().any(|m| m != "text"))
-    {
-        return refuse("modalities", "only text output is served");
-    }
-    if u.audio.is_some() {
-        return refuse("audio", "only text output is served");
-    }
-    if u.prediction.is_some() {
-        return refuse("prediction", "predicted outputs are not forwarded");
-    }
-    if u.web_search_options.is_some() {
-        return refuse("web_search_options", "web search is not forwarded");
-    }
-    for param in ["functions", "function_call"] {
-        let set = if param == "functions" {
-            u.functions.is_some()
-        } else {
-            u.function_call.is_some()
-        };
-        if set {
-            return refuse(param, "it is deprecated; send 'tools' and 'tool_choice'");
-        }
-    }
-    let mut dropped = Vec::new();
-    for (param, set) in [
-        ("verbosity", u.verbosity.is_some()),
+    const NO_LOGPROBS: &str = "answers carry no log probabilities";
+    const TEXT_ONLY: &str = "only text output is served";
+    const DEPRECATED: &str = "it is deprecated; send 'tools' and 'tool_choice'";
+    let text_only = |m: &Vec<String>| m.iter().all(|m| m == "text");
+    let refused = [
+        ("logprobs", u.logprobs == Some(true), NO_LOGPROBS),
+        ("top_logprobs", u.top_logprobs.is_some(), NO_LOGPROBS),
         (
-            "logit_bias",
-            u.logit_bias.as_ref().is_some_and(|m| !m.is_empty()),
+            "modalities",
+            !u.modalities.as_ref().is_none_or(text_only),
+            TEXT_ONLY,
         ),
+        ("audio", u.audio.is_some(), TEXT_ONLY),
+        (
+            "prediction",
+            u.prediction.is_some(),
+            "predicted outputs are not forwarded",
+        ),
+        (
+            "web_search_options",
+            u.web_search_options.is_some(),
+            "web search is not forwarded",
+        ),
+        ("functions", u.functions.is_some(), DEPRECATED),
+        ("function_call", u.function_call.is_some(), DEPRECATED),
+    ];
+    if let Some((param, _, why)) = refused.into_iter().find(|(_, set, _)| *set) {
+        return Err(invalid(format!("'{param}' is not supported: {why}")).with_param(param));
+    }
+    let non_empty = |m: &serde_json::Map<String, Value>| !m.is_empty();
+    Ok(schemas::chat::names_set([
+        ("verbosity", u.verbosity.is_some()),
+        ("logit_bias", u.logit_bias.as_ref().is_some_and(non_empty)),
         (
             "service_tier",
             u.service_tier
@@ -157,18 +149,10 @@ pub(crate) fn not_implemented(u: &ChatCompletionRequest) -> Result<Vec<String>, 
                 .is_some_and(|t| t != "auto" && t != "default"),
         ),
         ("store", u.store == Some(true)),
-        (
-            "metadata",
-            u.metadata.as_ref().is_some_and(|m| !m.is_empty()),
-        ),
+        ("metadata", u.metadata.as_ref().is_some_and(non_empty)),
         ("prompt_cache_key", u.prompt_cache_key.is_some()),
         ("safety_identifier", u.safety_identifier.is_some()),
-    ] {
-        if set {
-            dropped.push(param.to_string());
-        }
-    }
-    Ok(dropped)
+    ]))
 }
 
 /// The answer to a request that tries to choose the provider's URL: the gateway would

@@ -306,17 +306,13 @@ fn message_blocks(m: &Message) -> Result<(&'static str, Vec<Value>), ErrorBody> 
 
 /// The parameters of `params` the Messages API has no equivalent for.
 pub fn dropped_params(params: &schemas::Params) -> Vec<String> {
-    [
+    schemas::chat::names_set([
         ("seed", params.seed.is_some()),
         ("presence_penalty", params.presence_penalty.is_some()),
         ("frequency_penalty", params.frequency_penalty.is_some()),
         // Extended thinking takes a token budget, not a level: no faithful mapping.
         ("reasoning_effort", params.reasoning_effort.is_some()),
-    ]
-    .into_iter()
-    .filter(|(_, set)| *set)
-    .map(|(name, _)| name.to_string())
-    .collect()
+    ])
 }
 
 /// The Messages request body, or the reason the request cannot be expressed.

@@ -321,7 +321,7 @@ fn function_name<'a>(
 
 /// The parameters of `params` Gemini has no field for.
 pub fn dropped_params(params: &schemas::Params) -> Vec<String> {
-    [
+    schemas::chat::names_set([
         ("user", params.user.is_some()),
         // Thinking is a budget (2.5) or a level (3) depending on the model.
         ("reasoning_effort", params.reasoning_effort.is_some()),
@@ -329,11 +329,7 @@ pub fn dropped_params(params: &schemas::Params) -> Vec<String> {
             "parallel_tool_calls",
             params.parallel_tool_calls == Some(false),
         ),
-    ]
-    .into_iter()
-    .filter(|(_, set)| *set)
-    .map(|(name, _)| name.to_string())
-    .collect()
+    ])
 }
 
 /// The `generateContent` request body.

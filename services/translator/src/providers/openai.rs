@@ -14,11 +14,7 @@ pub const PROVIDER: &str = "openai";
 
 /// The parameters of `params` OpenAI's chat API has no field for.
 pub fn dropped_params(params: &schemas::Params) -> Vec<String> {
-    if params.top_k.is_some() {
-        vec!["top_k".to_string()]
-    } else {
-        Vec::new()
-    }
+    schemas::chat::names_set([("top_k", params.top_k.is_some())])
 }
 
 /// The OpenAI client of one translator process (one connection pool).
