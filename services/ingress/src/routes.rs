@@ -386,34 +386,15 @@ pub(crate) fn check_task(
     .with_param(param))
 }
 
-/// A 400 unless the model and each fallback can honour `format` (see
-/// [`schemas::ResponseFormat::refusal`]): answering in free text instead would break
-/// the caller's parsing.
-fn check_response_format(
-    catalog: &Catalog,
-    target: &Target<'_>,
-    fallbacks: &[String],
-    format: &schemas::ResponseFormat,
-) -> Result<(), ApiError> {
-    let provider = |t: &Target<'_>| match t {
+/// Why `target` cannot honour the request's response format (see
+/// [`schemas::ResponseFormat::refusal`]; answering in free text instead would break
+/// the caller's parsing), or `None` when it can or there is none.
+fn format_refusal(format: Option<&schemas::ResponseFormat>, target: &Target<'_>) -> Option<String> {
+    let provider = match target {
         Target::Closed(p) => Some(*p),
         Target::Open { .. } => None,
     };
-    if let Some(why) = format.refusal(provider(target)) {
-        return Err(ApiError::new(ErrorKind::InvalidRequest, why).with_param("response_format"));
-    }
-    for (i, model) in fallbacks.iter().enumerate() {
-        let param = format!("models[{i}]");
-        let fallback = resolve(catalog, model, &param)?;
-        if let Some(why) = format.refusal(provider(&fallback)) {
-            return Err(ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!("the fallback model '{model}' cannot be used: {why}"),
-            )
-            .with_param(param));
-        }
-    }
-    Ok(())
+    format.and_then(|f| f.refusal(provider))
 }
 
 /// Routes the model (closed: the translator, with the caller's `provider-key`; open:
@@ -430,8 +411,8 @@ pub(crate) fn prepare(
     let kind = task_of(task.as_ref());
     let target = resolve(&state.catalog, &request.model, "model")?;
     check_task(&state.catalog, &target, &request.model, kind, "model")?;
-    if let Some(format) = &request.response_format {
-        check_response_format(&state.catalog, &target, &request.fallback_models, format)?;
+    if let Some(why) = format_refusal(request.response_format.as_ref(), &target) {
+        return Err(ApiError::new(ErrorKind::InvalidRequest, why).with_param("response_format"));
     }
     if let Some(name) = headers
         .keys()
@@ -478,6 +459,7 @@ pub(crate) fn prepare(
         headers,
         &request.fallback_models,
         kind,
+        request.response_format.as_ref(),
         primary,
     )?;
 
@@ -534,7 +516,7 @@ fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 /// Checks the fallback models — closed models, or catalog models serving the same
-/// task — and collects the caller's key for each provider they need beyond the
+/// task and able to honour the response `format` — and collects the caller's key for each provider they need beyond the
 /// primary one, from `provider-key-<provider>`. With an open primary model (no
 /// `primary` provider) every closed fallback needs its `provider-key-<provider>`:
 /// `provider-key` itself is never forwarded with an open model.
@@ -543,6 +525,7 @@ fn fallback_keys(
     headers: &HeaderMap,
     fallbacks: &[String],
     task: Task,
+    format: Option<&schemas::ResponseFormat>,
     primary: Option<subjects::Provider>,
 ) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
     let mut keys = std::collections::BTreeMap::new();
@@ -550,6 +533,13 @@ fn fallback_keys(
         let param = format!("models[{i}]");
         let target = resolve(catalog, model, &param)?;
         check_task(catalog, &target, model, task, &param)?;
+        if let Some(why) = format_refusal(format, &target) {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("the fallback model '{model}' cannot be used: {why}"),
+            )
+            .with_param(param));
+        }
         let Target::Closed(provider) = target else {
             continue;
         };
