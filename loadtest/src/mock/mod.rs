@@ -8,7 +8,13 @@ pub mod anthropic;
 pub mod gemini;
 pub mod openai;
 
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use axum::Router;
+use axum::body::{Body, Bytes};
 
 pub use openai::MockConfig;
 
@@ -18,6 +24,61 @@ pub use openai::MockConfig;
 /// so a test can check that the schema arrived intact.
 pub(crate) fn json_reply(text: &str, schema: Option<&serde_json::Value>) -> String {
     serde_json::json!({"echo": text, "schema": schema}).to_string()
+}
+
+/// A streamed body in every provider's grammar: each frame is written after its delay;
+/// then the body ends, or, with `abort`, fails, so the server cuts the connection
+/// mid-body. `dropped`, when given, counts a body the client stopped reading before
+/// its end.
+pub(crate) fn paced_body(
+    frames: Vec<(Duration, Bytes)>,
+    abort: bool,
+    dropped: Option<Arc<AtomicU64>>,
+) -> Body {
+    let watch = DropWatch {
+        dropped,
+        finished: false,
+    };
+    let stream = futures::stream::unfold(
+        (frames.into_iter(), abort, watch),
+        |(mut frames, abort, mut watch)| async move {
+            if let Some((delay, bytes)) = frames.next() {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                return Some((Ok(bytes), (frames, abort, watch)));
+            }
+            // Every frame was taken: the mock ended the stream, not the client.
+            watch.finished = true;
+            if abort {
+                // The server writes out what it holds only when the body is pending,
+                // and drops it unwritten when the body fails first: one yield (never a
+                // timer, which a descheduled thread can find already expired) makes the
+                // frames reach the client before the cut.
+                tokio::task::yield_now().await;
+                let err = io::Error::new(io::ErrorKind::ConnectionAborted, "mock-truncated");
+                return Some((Err(err), (frames, false, watch)));
+            }
+            None
+        },
+    );
+    Body::from_stream(stream)
+}
+
+/// Counts, on drop, a stream the client stopped reading before its end.
+struct DropWatch {
+    dropped: Option<Arc<AtomicU64>>,
+    finished: bool,
+}
+
+impl Drop for DropWatch {
+    fn drop(&mut self) {
+        if !self.finished
+            && let Some(dropped) = &self.dropped
+        {
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Every provider's routes, with one fallback (unknown paths get a 404).

@@ -5,7 +5,6 @@
 //! Events are serialised up front into frames ("wait this long, then write these
 //! bytes"); events with no delay between them share a frame.
 
-use std::io;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -153,24 +152,5 @@ pub(crate) fn body(
         .into_iter()
         .map(|(delay, bytes)| (delay, Bytes::from(bytes)))
         .collect();
-    let abort = ending == Ending::Abort;
-    let stream = futures::stream::unfold(
-        (frames.into_iter(), abort),
-        |(mut frames, abort)| async move {
-            if let Some((delay, bytes)) = frames.next() {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                return Some((Ok(bytes), (frames, abort)));
-            }
-            if abort {
-                // Pause once so the server flushes what it has before the cut.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                let err = io::Error::new(io::ErrorKind::ConnectionAborted, "mock-truncated");
-                return Some((Err(err), (frames, false)));
-            }
-            None
-        },
-    );
-    Body::from_stream(stream)
+    super::super::paced_body(frames, ending == Ending::Abort, None)
 }

@@ -24,7 +24,6 @@
 
 mod reply;
 
-use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -219,7 +218,7 @@ async fn generate(
                 ),
                 (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
             ],
-            paced_body(frames, ending == Ending::Abort),
+            super::paced_body(frames, ending == Ending::Abort, None),
         )
             .into_response();
     }
@@ -237,7 +236,7 @@ async fn generate(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=UTF-8"),
         )],
-        paced_body(frames, ending == Ending::Abort),
+        super::paced_body(frames, ending == Ending::Abort, None),
     )
         .into_response()
 }
@@ -321,29 +320,6 @@ fn stream_events(
         }
     }
     events
-}
-
-/// A body that writes each frame after its delay, then ends (or fails when `abort`).
-fn paced_body(frames: Vec<(Duration, Bytes)>, abort: bool) -> Body {
-    let stream = futures::stream::unfold(
-        (frames.into_iter(), abort),
-        |(mut frames, abort)| async move {
-            if let Some((delay, bytes)) = frames.next() {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                return Some((Ok(bytes), (frames, abort)));
-            }
-            if abort {
-                // Pause once so the server flushes what it has before the cut.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                let err = io::Error::new(io::ErrorKind::ConnectionAborted, "mock-truncated");
-                return Some((Err(err), (frames, false)));
-            }
-            None
-        },
-    );
-    Body::from_stream(stream)
 }
 
 fn not_found_model(model: &str, method: &str) -> Response {

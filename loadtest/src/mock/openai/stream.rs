@@ -4,9 +4,8 @@
 //! bytes"); events with no delay between them share a frame, so an unpaced reply is one
 //! write.
 
-use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -81,20 +80,6 @@ impl Frames<'_> {
         }
         let last = self.frames.len() - 1;
         &mut self.frames[last].1
-    }
-}
-
-/// Counts, on drop, a stream the client stopped reading before its end.
-struct DropWatch {
-    dropped: Arc<AtomicU64>,
-    finished: bool,
-}
-
-impl Drop for DropWatch {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
     }
 }
 
@@ -194,30 +179,5 @@ pub(crate) fn body(
         .into_iter()
         .map(|(delay, bytes)| (delay, Bytes::from(bytes)))
         .collect();
-    let abort = ending == Ending::Abort;
-    let watch = DropWatch {
-        dropped,
-        finished: false,
-    };
-    let stream = futures::stream::unfold(
-        (frames.into_iter(), abort, watch),
-        |(mut frames, abort, mut watch)| async move {
-            if let Some((delay, bytes)) = frames.next() {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                return Some((Ok(bytes), (frames, abort, watch)));
-            }
-            // Every frame was taken: the mock ended the stream, not the client.
-            watch.finished = true;
-            if abort {
-                // Pause once so the server flushes what it has before the cut.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                let err = io::Error::new(io::ErrorKind::ConnectionAborted, "mock-truncated");
-                return Some((Err(err), (frames, false, watch)));
-            }
-            None
-        },
-    );
-    Body::from_stream(stream)
+    super::super::paced_body(frames, ending == Ending::Abort, Some(dropped))
 }
