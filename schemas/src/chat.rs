@@ -1,5 +1,7 @@
 //! The normalized chat request: one shape for every provider and open model.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +142,54 @@ pub struct Params {
     /// `parallel_tool_calls`); absent means the provider's default (yes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
+    // OpenAI's request options below: forwarded to OpenAI as given; elsewhere mapped
+    // where the provider has an equivalent, otherwise reported dropped when set
+    // ([`Params::openai_options`]).
+    /// Processing tier: `auto`, `default`, `flex`, `scale`, `priority`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
+    /// Whether OpenAI keeps the completion (its `store`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<bool>,
+    /// Up to 16 string pairs attached to the completion (OpenAI's `metadata`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Token id (in the model's tokenizer, as a decimal string) → bias in −100..=100.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub logit_bias: BTreeMap<String, i32>,
+    /// Groups requests that share a long prefix, for the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_cache_key: Option<String>,
+    /// A stable (hashed) end-user id for the provider's abuse detection; Anthropic
+    /// takes it as `metadata.user_id`, ahead of `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_identifier: Option<String>,
+    /// How long the answer should be: `low`, `medium`, `high`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verbosity: Option<String>,
+}
+
+impl Params {
+    /// OpenAI's own request options, each with whether it is set to something a
+    /// provider without it would ignore (a tier other than `auto`/`default`, `store:
+    /// true`, a non-empty map, any text): what a worker lists as dropped when its
+    /// provider has no equivalent.
+    pub fn openai_options(&self) -> [(&'static str, bool); 7] {
+        [
+            (
+                "service_tier",
+                self.service_tier
+                    .as_deref()
+                    .is_some_and(|t| t != "auto" && t != "default"),
+            ),
+            ("store", self.store == Some(true)),
+            ("metadata", !self.metadata.is_empty()),
+            ("logit_bias", !self.logit_bias.is_empty()),
+            ("prompt_cache_key", self.prompt_cache_key.is_some()),
+            ("safety_identifier", self.safety_identifier.is_some()),
+            ("verbosity", self.verbosity.is_some()),
+        ]
+    }
 }
 
 /// The names whose flag is set, in order: how every worker lists the parameters it

@@ -64,8 +64,7 @@ fn sample_request() -> ChatRequest {
             presence_penalty: None,
             frequency_penalty: Some(0.5),
             user: None,
-            reasoning_effort: None,
-            parallel_tool_calls: None,
+            ..Params::default()
         },
         tools: vec![Tool {
             name: "get_weather".into(),

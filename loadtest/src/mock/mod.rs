@@ -26,6 +26,16 @@ pub(crate) fn json_reply(text: &str, schema: Option<&serde_json::Value>) -> Stri
     serde_json::json!({"echo": text, "schema": schema}).to_string()
 }
 
+/// The answer of `mock-echo-params`, in every grammar: the request body's top-level
+/// fields but `conversation` (the model, the messages, the stream switch), as one JSON
+/// object, so a test sees which parameters a provider received and how.
+pub(crate) fn echo_params(body: &[u8], conversation: &[&str]) -> String {
+    let mut fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).unwrap_or_default();
+    fields.retain(|k, _| !conversation.contains(&k.as_str()));
+    serde_json::Value::Object(fields).to_string()
+}
+
 /// A streamed body in every provider's grammar: each frame is written after its delay;
 /// then the body ends, or, with `abort`, fails, so the server cuts the connection
 /// mid-body. `dropped`, when given, counts a body the client stopped reading before

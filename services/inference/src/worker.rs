@@ -314,11 +314,15 @@ async fn chat(
         // answer continues where it was (the ingress checks the repeated part).
         seed: Some(p.seed.map_or_else(|| seed_of(request_id), |s| s as u64)),
     };
-    sink.set_dropped_params(schemas::chat::names_set([
-        ("presence_penalty", p.presence_penalty.is_some()),
-        ("frequency_penalty", p.frequency_penalty.is_some()),
-        ("reasoning_effort", p.reasoning_effort.is_some()),
-    ]));
+    sink.set_dropped_params(schemas::chat::names_set(
+        [
+            ("presence_penalty", p.presence_penalty.is_some()),
+            ("frequency_penalty", p.frequency_penalty.is_some()),
+            ("reasoning_effort", p.reasoning_effort.is_some()),
+        ]
+        .into_iter()
+        .chain(p.openai_options()),
+    ));
     let mut events = decoder.generate(GenRequest {
         prompt,
         max_tokens,

@@ -105,10 +105,8 @@ pub struct ChatCompletionRequest {
 
 /// OpenAI's chat parameters this gateway does not implement: a 400 for one that would
 /// change what the caller gets back (log probabilities, audio, predicted outputs, web
-/// search, the deprecated `functions`); otherwise the names of the others set to
-/// anything but their default, accepted and reported in `x-switchyard-dropped-params`
-/// like a parameter a provider has no equivalent for.
-pub(crate) fn not_implemented(u: &ChatCompletionRequest) -> Result<Vec<String>, ApiError> {
+/// search, the deprecated `functions`).
+pub(crate) fn not_implemented(u: &ChatCompletionRequest) -> Result<(), ApiError> {
     const NO_LOGPROBS: &str = "answers carry no log probabilities";
     const TEXT_ONLY: &str = "only text output is served";
     const DEPRECATED: &str = "it is deprecated; send 'tools' and 'tool_choice'";
@@ -135,24 +133,61 @@ pub(crate) fn not_implemented(u: &ChatCompletionRequest) -> Result<Vec<String>, 
         ("functions", u.functions.is_some(), DEPRECATED),
         ("function_call", u.function_call.is_some(), DEPRECATED),
     ];
-    if let Some((param, _, why)) = refused.into_iter().find(|(_, set, _)| *set) {
-        return Err(invalid(format!("'{param}' is not supported: {why}")).with_param(param));
+    match refused.into_iter().find(|(_, set, _)| *set) {
+        Some((param, _, why)) => {
+            Err(invalid(format!("'{param}' is not supported: {why}")).with_param(param))
+        }
+        None => Ok(()),
     }
-    let non_empty = |m: &serde_json::Map<String, Value>| !m.is_empty();
-    Ok(schemas::chat::names_set([
-        ("verbosity", u.verbosity.is_some()),
-        ("logit_bias", u.logit_bias.as_ref().is_some_and(non_empty)),
-        (
-            "service_tier",
-            u.service_tier
-                .as_deref()
-                .is_some_and(|t| t != "auto" && t != "default"),
-        ),
-        ("store", u.store == Some(true)),
-        ("metadata", u.metadata.as_ref().is_some_and(non_empty)),
-        ("prompt_cache_key", u.prompt_cache_key.is_some()),
-        ("safety_identifier", u.safety_identifier.is_some()),
-    ]))
+}
+
+/// `metadata` as OpenAI takes it: string values only.
+fn metadata(
+    m: Option<serde_json::Map<String, Value>>,
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    m.unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::String(v) => Ok((k, v)),
+            other => Err(invalid(format!(
+                "'metadata' values must be strings; '{k}' is {}",
+                json_kind(&other)
+            ))
+            .with_param("metadata")),
+        })
+        .collect()
+}
+
+/// `logit_bias` as OpenAI takes it: token ids to integer biases.
+fn logit_bias(
+    m: Option<serde_json::Map<String, Value>>,
+) -> Result<std::collections::BTreeMap<String, i32>, ApiError> {
+    m.unwrap_or_default()
+        .into_iter()
+        .map(|(token, bias)| {
+            let bias = bias
+                .as_i64()
+                .and_then(|b| i32::try_from(b).ok())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "'logit_bias' maps token ids to integers; '{token}' has {bias}"
+                    ))
+                    .with_param("logit_bias")
+                })?;
+            Ok((token, bias))
+        })
+        .collect()
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// The answer to a request that tries to choose the provider's URL: the gateway would
@@ -198,6 +233,15 @@ pub const MAX_FALLBACKS: usize = 4;
 /// OpenAI's `reasoning_effort` levels.
 pub const REASONING_EFFORTS: [&str; 6] = ["none", "minimal", "low", "medium", "high", "xhigh"];
 
+/// OpenAI's `service_tier` values.
+pub const SERVICE_TIERS: [&str; 5] = ["auto", "default", "flex", "scale", "priority"];
+
+/// OpenAI's `verbosity` levels.
+pub const VERBOSITIES: [&str; 3] = ["low", "medium", "high"];
+
+/// OpenAI's limits on `metadata`: pairs, key and value length (characters).
+pub const METADATA_LIMITS: (usize, usize, usize) = (16, 64, 512);
+
 /// Checks parameter ranges the way providers document them, so a bad value is our 400
 /// naming the field, not a provider error after a round trip.
 pub(crate) fn validate_params(p: &schemas::Params) -> Result<(), ApiError> {
@@ -218,14 +262,51 @@ pub(crate) fn validate_params(p: &schemas::Params) -> Result<(), ApiError> {
     if p.stop.len() > 4 {
         return Err(invalid("'stop' takes at most 4 sequences").with_param("stop"));
     }
-    if let Some(effort) = &p.reasoning_effort
-        && !REASONING_EFFORTS.contains(&effort.as_str())
+    let one_of = |name: &str, v: &Option<String>, allowed: &[&str]| match v {
+        Some(v) if !allowed.contains(&v.as_str()) => Err(invalid(format!(
+            "'{name}' must be one of {}, got {v:?}",
+            allowed.join(", ")
+        ))
+        .with_param(name)),
+        _ => Ok(()),
+    };
+    one_of("reasoning_effort", &p.reasoning_effort, &REASONING_EFFORTS)?;
+    one_of("service_tier", &p.service_tier, &SERVICE_TIERS)?;
+    one_of("verbosity", &p.verbosity, &VERBOSITIES)?;
+    let (pairs, key_len, value_len) = METADATA_LIMITS;
+    let too_long = |s: &str, max: usize| s.chars().count() > max;
+    if p.metadata.len() > pairs {
+        return Err(invalid(format!(
+            "'metadata' takes at most {pairs} pairs, got {}",
+            p.metadata.len()
+        ))
+        .with_param("metadata"));
+    }
+    if let Some((k, v)) = p
+        .metadata
+        .iter()
+        .find(|(k, v)| too_long(k, key_len) || too_long(v, value_len))
+    {
+        let (what, name, max) = if too_long(k, key_len) {
+            ("key", k.as_str(), key_len)
+        } else {
+            ("value", v.as_str(), value_len)
+        };
+        let shown: String = name.chars().take(16).collect();
+        return Err(invalid(format!(
+            "'metadata' {what}s are at most {max} characters ('{shown}…' is longer)"
+        ))
+        .with_param("metadata"));
+    }
+    if let Some((token, bias)) = p
+        .logit_bias
+        .iter()
+        .find(|(t, b)| t.parse::<u32>().is_err() || !(-100..=100).contains(*b))
     {
         return Err(invalid(format!(
-            "'reasoning_effort' must be one of {}, got {effort:?}",
-            REASONING_EFFORTS.join(", ")
+            "'logit_bias' maps token ids to biases between -100 and 100, got {token:?}: {bias}"
         ))
-        .with_param("reasoning_effort"));
+        .with_param("logit_bias"));
     }
     Ok(())
 }
@@ -523,8 +604,6 @@ pub(crate) fn stop_list(stop: Option<Stop>) -> Vec<String> {
 pub struct Normalized {
     pub request: ChatRequest,
     pub include_usage: bool,
-    /// Parameters accepted but not implemented, to report with the provider's own.
-    pub dropped_params: Vec<String>,
 }
 
 /// Validates the request and converts it to the normalized form.
@@ -532,7 +611,7 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
     if req.base_url.is_some() {
         return Err(base_url_override("base_url"));
     }
-    let dropped_params = not_implemented(&req)?;
+    not_implemented(&req)?;
     let model = match req.model {
         Some(m) if !m.trim().is_empty() => m,
         _ => return Err(invalid("you must provide a model parameter").with_param("model")),
@@ -553,8 +632,9 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
     let fallback_models = fallbacks(&model, req.models)?;
     let response_format = response_format(req.response_format)?;
     let stream = req.stream.unwrap_or(false);
+    let metadata = metadata(req.metadata)?;
+    let logit_bias = logit_bias(req.logit_bias)?;
     Ok(Normalized {
-        dropped_params,
         include_usage: stream
             && req
                 .stream_options
@@ -575,6 +655,13 @@ pub fn normalize(req: ChatCompletionRequest) -> Result<Normalized, ApiError> {
                 user: req.user,
                 reasoning_effort: req.reasoning_effort,
                 parallel_tool_calls: req.parallel_tool_calls,
+                service_tier: req.service_tier,
+                store: req.store,
+                metadata,
+                logit_bias,
+                prompt_cache_key: req.prompt_cache_key,
+                safety_identifier: req.safety_identifier,
+                verbosity: req.verbosity,
             },
             tools,
             tool_choice,
@@ -868,11 +955,15 @@ mod tests {
         assert_eq!(e.0.param.as_deref(), Some("extra"));
     }
 
-    fn dropped_or_refused(extra: &str) -> Result<Vec<String>, ApiError> {
+    /// The normalized parameters of a request with `extra` fields, checked as the
+    /// route checks them.
+    fn params_with(extra: &str) -> Result<Params, ApiError> {
         let body = format!(
             r#"{{"model":"openai/x","messages":[{{"role":"user","content":"x"}}],{extra}}}"#
         );
-        normalize(parse_body(body.as_bytes())?).map(|n| n.dropped_params)
+        let params = normalize(parse_body(body.as_bytes())?)?.request.params;
+        validate_params(&params)?;
+        Ok(params)
     }
 
     #[test]
@@ -885,7 +976,6 @@ mod tests {
             Some("minimal")
         );
         assert_eq!(n.request.params.parallel_tool_calls, Some(false));
-        assert!(n.dropped_params.is_empty());
         let mut params = n.request.params;
         assert!(validate_params(&params).is_ok());
         params.reasoning_effort = Some("extreme".into());
@@ -895,7 +985,7 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_parameters_are_refused_or_reported() {
+    fn unimplemented_parameters_are_refused() {
         for (extra, param) in [
             (r#""logprobs":true"#, "logprobs"),
             (r#""top_logprobs":3"#, "top_logprobs"),
@@ -909,35 +999,77 @@ mod tests {
             (r#""functions":[{"name":"f"}]"#, "functions"),
             (r#""function_call":"auto""#, "function_call"),
         ] {
-            let e = dropped_or_refused(extra).unwrap_err();
+            let e = params_with(extra).unwrap_err();
             assert_eq!(e.0.param.as_deref(), Some(param), "{extra}");
             assert!(e.0.message.contains("not supported"), "{}", e.0.message);
         }
-        // Defaults (and nulls) lose nothing: not reported.
+        // Their defaults (and nulls) are accepted.
+        let p = params_with(
+            r#""logprobs":false,"modalities":["text"],"audio":null,"reasoning_effort":null"#,
+        )
+        .unwrap();
+        assert_eq!(p, Params::default());
+    }
+
+    #[test]
+    fn openai_options_are_carried_and_checked() {
+        let p = params_with(
+            r#""verbosity":"high","logit_bias":{"50256":-100,"13":5},
+               "service_tier":"flex","store":true,"metadata":{"team":"a","run":"7"},
+               "prompt_cache_key":"p-1","safety_identifier":"h-42""#,
+        )
+        .unwrap();
+        assert_eq!(p.verbosity.as_deref(), Some("high"));
         assert_eq!(
-            dropped_or_refused(
-                r#""logprobs":false,"modalities":["text"],"parallel_tool_calls":true,"store":false,
-                   "service_tier":"auto","metadata":{},"logit_bias":{},"audio":null,"reasoning_effort":null"#
-            )
-            .unwrap(),
-            Vec::<String>::new()
+            p.logit_bias.into_iter().collect::<Vec<_>>(),
+            [("13".to_string(), 5), ("50256".to_string(), -100)]
         );
+        assert_eq!(p.service_tier.as_deref(), Some("flex"));
+        assert_eq!(p.store, Some(true));
         assert_eq!(
-            dropped_or_refused(
-                r#""verbosity":"high","logit_bias":{"50256":-100},
-                   "service_tier":"flex","store":true,"metadata":{"k":"v"},"prompt_cache_key":"p","safety_identifier":"s""#
-            )
-            .unwrap(),
-            [
-                "verbosity",
-                "logit_bias",
-                "service_tier",
-                "store",
-                "metadata",
-                "prompt_cache_key",
-                "safety_identifier"
-            ]
+            p.metadata.into_iter().collect::<Vec<_>>(),
+            [("run".into(), "7".into()), ("team".into(), "a".into())]
         );
+        assert_eq!(p.prompt_cache_key.as_deref(), Some("p-1"));
+        assert_eq!(p.safety_identifier.as_deref(), Some("h-42"));
+
+        let long_key = "k".repeat(65);
+        let long_value = "v".repeat(513);
+        let many: Vec<String> = (0..17).map(|i| format!(r#""k{i}":"v""#)).collect();
+        for (extra, says) in [
+            (
+                r#""service_tier":"fast""#.to_string(),
+                "one of auto, default, flex",
+            ),
+            (r#""verbosity":"loud""#.into(), "one of low, medium, high"),
+            (r#""metadata":{"k":1}"#.into(), "'k' is a number"),
+            (
+                format!(r#""metadata":{{{}}}"#, many.join(",")),
+                "at most 16 pairs, got 17",
+            ),
+            (
+                format!(r#""metadata":{{"{long_key}":"v"}}"#),
+                "keys are at most 64",
+            ),
+            (
+                format!(r#""metadata":{{"k":"{long_value}"}}"#),
+                "values are at most 512",
+            ),
+            (
+                r#""logit_bias":{"50256":0.5}"#.into(),
+                "to integers; '50256' has 0.5",
+            ),
+            (
+                r#""logit_bias":{"50256":101}"#.into(),
+                "between -100 and 100",
+            ),
+            (r#""logit_bias":{"the":1}"#.into(), r#"got "the": 1"#),
+        ] {
+            let e = params_with(&extra).unwrap_err();
+            let param = extra.split('"').nth(1).unwrap();
+            assert_eq!(e.0.param.as_deref(), Some(param), "{extra}");
+            assert!(e.0.message.contains(says), "{extra}: {}", e.0.message);
+        }
     }
 
     #[test]

@@ -189,7 +189,6 @@ async fn handle_chat(
     let body = read_body(state, body)?;
     let normalized = openai::normalize(openai::parse_body(&body)?)?;
     let include_usage = normalized.include_usage;
-    let dropped_here = normalized.dropped_params;
     let mut prepared = prepare(state, headers, normalized.request, None, account)?;
     let span = tracing::info_span!(
         "chat",
@@ -200,14 +199,9 @@ async fn handle_chat(
     async move {
         let Dispatched {
             mut registration,
-            mut first,
+            first,
             mut cancel,
         } = dispatch(state, &mut prepared, "chat_completions", started).await?;
-        for param in dropped_here {
-            if !first.dropped_params.contains(&param) {
-                first.dropped_params.push(param);
-            }
-        }
         let context = ReplyContext {
             id: format!("chatcmpl-{}", prepared.request_id.simple()),
             created: prepared.created_at.timestamp(),

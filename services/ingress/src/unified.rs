@@ -369,6 +369,8 @@ fn chat(
             user: params.user,
             reasoning_effort: params.reasoning_effort,
             parallel_tool_calls: params.parallel_tool_calls,
+            // OpenAI's own options belong to its route, /v1/chat/completions.
+            ..Params::default()
         },
         tools: openai::convert_tools(req.tools.unwrap_or_default())?,
         tool_choice: req

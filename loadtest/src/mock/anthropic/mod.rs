@@ -74,6 +74,7 @@ enum Behaviour {
     Truncated,
     TruncatedClean,
     StreamError,
+    EchoParams,
 }
 
 fn behaviour(model: &str) -> Behaviour {
@@ -84,6 +85,7 @@ fn behaviour(model: &str) -> Behaviour {
     match shared::magic(model) {
         // Flaky models are only for the OpenAI mock's retry tests.
         Magic::None | Magic::Flaky(_) | Magic::Slow => Behaviour::Normal,
+        Magic::EchoParams => Behaviour::EchoParams,
         Magic::Error(status) => Behaviour::Error(status),
         Magic::BadError => Behaviour::BadError,
         Magic::Truncated => Behaviour::Truncated,
@@ -240,7 +242,12 @@ async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         id: format!("msg_mock{n:016x}"),
         input_tokens: input_tokens(&request),
     };
-    let reply = plan(&request);
+    let reply = if behaviour == Behaviour::EchoParams {
+        let conversation = ["model", "messages", "system", "stream"];
+        Reply::Text(super::echo_params(&body, &conversation))
+    } else {
+        plan(&request)
+    };
     let request_id =
         HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("req_mock"));
     if stream {

@@ -169,11 +169,15 @@ async fn generate(
             );
         }
         // Flaky models are only for the OpenAI mock's retry tests.
-        Magic::None | Magic::Flaky(_) | Magic::Slow => Ending::Finish,
+        Magic::None | Magic::Flaky(_) | Magic::Slow | Magic::EchoParams => Ending::Finish,
         Magic::Truncated => Ending::Abort,
         Magic::TruncatedClean => Ending::Clean,
     };
     let reply = match reply::plan(&request) {
+        Ok(_) if magic == Magic::EchoParams => {
+            let conversation = ["contents", "systemInstruction"];
+            Reply::Text(super::echo_params(&body, &conversation))
+        }
         Ok(reply) => reply,
         Err(message) => return error_response(400, &message, Value::Null),
     };

@@ -208,7 +208,11 @@ async fn chat_completions(
                 );
             }
         }
-        Magic::None | Magic::Truncated | Magic::TruncatedClean | Magic::Slow => {}
+        Magic::None
+        | Magic::Truncated
+        | Magic::TruncatedClean
+        | Magic::Slow
+        | Magic::EchoParams => {}
     }
 
     let n = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -217,7 +221,12 @@ async fn chat_completions(
         created: unix_now(),
         prompt_tokens: reply::prompt_tokens(&request.messages),
     };
-    let reply = reply::plan(&request);
+    let reply = if magic == Magic::EchoParams {
+        let conversation = ["model", "messages", "stream", "stream_options"];
+        Reply::Text(super::echo_params(&body, &conversation))
+    } else {
+        reply::plan(&request)
+    };
     let request_id = request_id_header(n);
     if stream {
         let include_usage = request

@@ -31,6 +31,9 @@ pub(crate) enum Magic {
     /// `mock-flaky-<status>`: every other request of this model (the 1st, 3rd, …) fails
     /// with the status, the others answer normally — for retry tests.
     Flaky(u16),
+    /// `mock-echo-params`: the answer's text is the request's parameters as received
+    /// (every top-level field but the model and the conversation: [`super::super::echo_params`]).
+    EchoParams,
 }
 
 pub(crate) fn magic(model: &str) -> Magic {
@@ -55,6 +58,7 @@ pub(crate) fn magic(model: &str) -> Magic {
         "mock-truncated" => Magic::Truncated,
         "mock-truncated-clean" => Magic::TruncatedClean,
         "mock-slow" => Magic::Slow,
+        "mock-echo-params" => Magic::EchoParams,
         _ => Magic::None,
     }
 }
@@ -287,11 +291,47 @@ mod tests {
         assert_eq!(with_tools.problem(), None);
         let bad_effort = request(r#"{"model":"m","messages":[],"reasoning_effort":"max"}"#);
         assert_eq!(bad_effort.problem().unwrap().1, "reasoning_effort");
+        let bad_tier = request(r#"{"model":"m","messages":[],"service_tier":"fast"}"#);
+        assert_eq!(
+            bad_tier.problem().unwrap(),
+            (
+                "Invalid value: 'fast'. Supported values are: 'auto', 'default', 'flex', 'scale', and 'priority'.".into(),
+                "service_tier"
+            )
+        );
+        let bad_verbosity = request(r#"{"model":"m","messages":[],"verbosity":"max"}"#);
+        assert_eq!(bad_verbosity.problem().unwrap().1, "verbosity");
+        let many: Vec<String> = (0..17).map(|i| format!(r#""k{i}":"v""#)).collect();
+        let metadata = request(&format!(
+            r#"{{"model":"m","messages":[],"metadata":{{{}}}}}"#,
+            many.join(",")
+        ));
+        assert!(
+            metadata
+                .problem()
+                .unwrap()
+                .0
+                .contains("got an object with 17 properties")
+        );
+        let bias = request(r#"{"model":"m","messages":[],"logit_bias":{"9":-101}}"#);
+        assert_eq!(bias.problem().unwrap().1, "logit_bias");
+        let fine = request(
+            r#"{"model":"m","messages":[],"service_tier":"flex","verbosity":"low","metadata":{"a":"b"},"logit_bias":{"9":-100}}"#,
+        );
+        assert_eq!(fine.problem(), None);
+        // Typed as OpenAI types them: a metadata number or a non-numeric token is a 400.
+        for body in [
+            r#"{"model":"m","messages":[],"metadata":{"a":1}}"#,
+            r#"{"model":"m","messages":[],"logit_bias":{"the":1}}"#,
+        ] {
+            assert!(serde_json::from_str::<ChatRequest>(body).is_err(), "{body}");
+        }
     }
 
     #[test]
     fn magic_models() {
         assert_eq!(magic("mock-error-429"), Magic::Error(429));
+        assert_eq!(magic("anthropic/mock-echo-params"), Magic::EchoParams);
         assert_eq!(magic("openai/mock-error-503"), Magic::Error(503));
         assert_eq!(magic("google/mock-error-503"), Magic::Error(503));
         assert_eq!(magic("anthropic/mock-truncated"), Magic::Truncated);

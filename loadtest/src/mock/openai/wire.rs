@@ -24,6 +24,15 @@ pub(crate) struct ChatRequest {
     pub parallel_tool_calls: Option<bool>,
     #[serde(default)]
     pub reasoning_effort: Option<String>,
+    #[serde(default)]
+    pub service_tier: Option<String>,
+    #[serde(default)]
+    pub verbosity: Option<String>,
+    // Typed as OpenAI types them, so a wrongly shaped forward is a 400 here.
+    #[serde(default)]
+    pub metadata: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    pub logit_bias: Option<std::collections::BTreeMap<u32, i32>>,
 }
 
 impl ChatRequest {
@@ -35,16 +44,59 @@ impl ChatRequest {
                 "parallel_tool_calls",
             ));
         }
-        if let Some(effort) = &self.reasoning_effort
-            && !["none", "minimal", "low", "medium", "high", "xhigh"].contains(&effort.as_str())
+        let enums: [(&'static str, &Option<String>, &[&str]); 3] = [
+            (
+                "reasoning_effort",
+                &self.reasoning_effort,
+                &["none", "minimal", "low", "medium", "high", "xhigh"],
+            ),
+            (
+                "service_tier",
+                &self.service_tier,
+                &["auto", "default", "flex", "scale", "priority"],
+            ),
+            ("verbosity", &self.verbosity, &["low", "medium", "high"]),
+        ];
+        for (param, value, supported) in enums {
+            if let Some(value) = value
+                && !supported.contains(&value.as_str())
+            {
+                let mut quoted: Vec<String> = supported.iter().map(|v| format!("'{v}'")).collect();
+                let last = quoted.pop().unwrap_or_default();
+                return Some((
+                    format!(
+                        "Invalid value: '{value}'. Supported values are: {}, and {last}.",
+                        quoted.join(", ")
+                    ),
+                    param,
+                ));
+            }
+        }
+        if let Some(metadata) = &self.metadata
+            && metadata.len() > 16
         {
             return Some((
                 format!(
-                    "Invalid value: '{effort}'. Supported values are: 'none', 'minimal', 'low', 'medium', 'high', and 'xhigh'."
+                    "Invalid 'metadata': too many properties. Expected an object with at most 16 properties, but got an object with {} properties instead.",
+                    metadata.len()
                 ),
-                "reasoning_effort",
+                "metadata",
             ));
         }
+        if let Some((token, bias)) = self
+            .logit_bias
+            .iter()
+            .flatten()
+            .find(|(_, b)| !(-100..=100).contains(*b))
+        {
+            return Some((
+                format!(
+                    "Invalid 'logit_bias': the bias of token {token} is {bias}, outside -100 to 100."
+                ),
+                "logit_bias",
+            ));
+        }
+
         self.response_format
             .as_ref()
             .and_then(ResponseFormat::problem)

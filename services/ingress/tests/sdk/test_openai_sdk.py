@@ -154,15 +154,15 @@ def test_params_a_provider_cannot_take_are_reported(client, model, dropped):
     assert raw.parse().choices[0].message.content == "echo: hi"
 
 
-def test_openai_parameters_not_implemented_are_reported_with_the_providers_own(client):
+def test_provider_parameters_are_reported_with_the_providers_own(client):
     raw = client.chat.completions.with_raw_response.create(
         model="anthropic/claude-sonnet-4-5", messages=conversation("hi"), seed=7,
-        reasoning_effort="high", metadata={"team": "a"}, store=False, service_tier="auto",
+        reasoning_effort="high", store=False, service_tier="auto",
     )
-    # Anthropic has no seed and no reasoning levels; the gateway does not forward
-    # metadata; store=false and service_tier=auto are defaults, nothing lost.
-    assert raw.headers.get("x-switchyard-dropped-params") == "seed,reasoning_effort,metadata"
-    assert json.loads(raw.text)["dropped_params"] == ["seed", "reasoning_effort", "metadata"]
+    # Anthropic has no seed and no reasoning levels; store=false and service_tier=auto
+    # are defaults, nothing lost.
+    assert raw.headers.get("x-switchyard-dropped-params") == "seed,reasoning_effort"
+    assert json.loads(raw.text)["dropped_params"] == ["seed", "reasoning_effort"]
     assert raw.parse().choices[0].message.content == "echo: hi"
     # OpenAI takes both reasoning_effort and parallel_tool_calls: nothing dropped.
     raw = client.chat.completions.with_raw_response.create(
@@ -171,10 +171,56 @@ def test_openai_parameters_not_implemented_are_reported_with_the_providers_own(c
     )
     assert raw.headers.get("x-switchyard-dropped-params") is None
     assert raw.parse().choices[0].message.tool_calls[0].function.name == "get_weather"
-    stream = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=conversation("hi"), stream=True, verbosity="low")
-    assert stream.headers.get("x-switchyard-dropped-params") == "verbosity"
-    assert "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices) == "echo: hi"
+
+
+# OpenAI's own request options. `<provider>/mock-echo-params` answers with the request
+# fields the provider received (all but the model and the conversation), so these check
+# what reached each provider, not only what the gateway says it did.
+OPENAI_OPTIONS = {
+    "service_tier": "flex", "store": True, "metadata": {"team": "a"},
+    "logit_bias": {"50256": -100}, "prompt_cache_key": "pk-1", "safety_identifier": "h-42",
+    "verbosity": "low",
+}
+
+
+def _received(client, provider: str, stream: bool, **kwargs) -> tuple[dict, str | None]:
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"{provider}/mock-echo-params", messages=conversation("hi"), stream=stream,
+        **kwargs)
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    else:
+        text = raw.parse().choices[0].message.content
+    return json.loads(text), raw.headers.get("x-switchyard-dropped-params")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_options_reach_openai_as_given(client, stream):
+    received, dropped = _received(client, "openai", stream, user="u-1", **OPENAI_OPTIONS)
+    assert received == {"user": "u-1", **OPENAI_OPTIONS}
+    assert dropped is None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_options_elsewhere_are_mapped_or_reported(client, stream):
+    received, dropped = _received(client, "anthropic", stream, user="u-1", **OPENAI_OPTIONS)
+    # The end user goes to metadata.user_id, safety_identifier ahead of user; Anthropic
+    # has no flex tier, no stored completions, logit bias, cache key or verbosity.
+    assert received["metadata"] == {"user_id": "h-42"}
+    assert not set(received) & {"service_tier", "store", "logit_bias", "prompt_cache_key", "verbosity"}
+    assert dropped == "service_tier,store,metadata,logit_bias,prompt_cache_key,verbosity"
+
+    received, dropped = _received(client, "google", stream, user="u-1", **OPENAI_OPTIONS)
+    sent = json.dumps(received)
+    assert not [v for v in ("u-1", "h-42", "pk-1", "team", "50256", "flex") if v in sent], sent
+    assert dropped == "user,service_tier,store,metadata,logit_bias,prompt_cache_key,safety_identifier,verbosity"
+
+
+def test_openai_service_tier_default_is_anthropics_standard_only(client):
+    for ours, theirs in [("default", "standard_only"), ("auto", "auto")]:
+        received, dropped = _received(client, "anthropic", False, service_tier=ours)
+        assert received["service_tier"] == theirs
+        assert dropped is None
 
 
 @pytest.mark.parametrize(
@@ -185,9 +231,15 @@ def test_openai_parameters_not_implemented_are_reported_with_the_providers_own(c
         ({"modalities": ["text", "audio"]}, "modalities"),
         ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
         ({"extra_body": {"max_token": 5}}, "max_token"),
+        ({"service_tier": "fast"}, "service_tier"),
+        ({"verbosity": "loud"}, "verbosity"),
+        ({"metadata": {"team": 1}}, "metadata"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"logit_bias": {"50256": 101}}, "logit_bias"),
+        ({"logit_bias": {"the": 1}}, "logit_bias"),
     ],
 )
-def test_parameters_that_would_change_the_answer_and_unknown_ones_are_400s(client, kwargs, param):
+def test_unsupported_unknown_and_out_of_range_parameters_are_400s(client, kwargs, param):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=conversation("hi"), **kwargs)
     assert err.value.body["param"] == param

@@ -306,13 +306,32 @@ fn message_blocks(m: &Message) -> Result<(&'static str, Vec<Value>), ErrorBody> 
 
 /// The parameters of `params` the Messages API has no equivalent for.
 pub fn dropped_params(params: &schemas::Params) -> Vec<String> {
-    schemas::chat::names_set([
-        ("seed", params.seed.is_some()),
-        ("presence_penalty", params.presence_penalty.is_some()),
-        ("frequency_penalty", params.frequency_penalty.is_some()),
-        // Extended thinking takes a token budget, not a level: no faithful mapping.
-        ("reasoning_effort", params.reasoning_effort.is_some()),
-    ])
+    schemas::chat::names_set(
+        [
+            ("seed", params.seed.is_some()),
+            ("presence_penalty", params.presence_penalty.is_some()),
+            ("frequency_penalty", params.frequency_penalty.is_some()),
+            // Extended thinking takes a token budget, not a level: no faithful mapping.
+            ("reasoning_effort", params.reasoning_effort.is_some()),
+        ]
+        .into_iter()
+        .chain(params.openai_options().into_iter().filter(|(name, _)| {
+            // Mapped: the tier to Anthropic's (see `service_tier`), the end-user id to
+            // `metadata.user_id`.
+            !(*name == "safety_identifier"
+                || *name == "service_tier" && service_tier(params).is_some())
+        })),
+    )
+}
+
+/// Anthropic's `service_tier` for OpenAI's: `auto` is `auto`, and `default` (standard
+/// processing) is `standard_only`; OpenAI's other tiers have no equivalent.
+fn service_tier(params: &schemas::Params) -> Option<&'static str> {
+    match params.service_tier.as_deref()? {
+        "auto" => Some("auto"),
+        "default" => Some("standard_only"),
+        _ => None,
+    }
 }
 
 /// The Messages request body, or the reason the request cannot be expressed.
@@ -361,8 +380,12 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Result<Value
     if !p.stop.is_empty() {
         body["stop_sequences"] = json!(p.stop);
     }
-    if let Some(u) = &p.user {
+    // Both name the end user for abuse detection; OpenAI's newer field first.
+    if let Some(u) = p.safety_identifier.as_ref().or(p.user.as_ref()) {
         body["metadata"] = json!({"user_id": u});
+    }
+    if let Some(tier) = service_tier(p) {
+        body["service_tier"] = json!(tier);
     }
     // seed, presence_penalty and frequency_penalty have no Anthropic equivalent: left
     // out, and reported to the caller through `dropped_params`.

@@ -321,15 +321,19 @@ fn function_name<'a>(
 
 /// The parameters of `params` Gemini has no field for.
 pub fn dropped_params(params: &schemas::Params) -> Vec<String> {
-    schemas::chat::names_set([
-        ("user", params.user.is_some()),
-        // Thinking is a budget (2.5) or a level (3) depending on the model.
-        ("reasoning_effort", params.reasoning_effort.is_some()),
-        (
-            "parallel_tool_calls",
-            params.parallel_tool_calls == Some(false),
-        ),
-    ])
+    schemas::chat::names_set(
+        [
+            ("user", params.user.is_some()),
+            // Thinking is a budget (2.5) or a level (3) depending on the model.
+            ("reasoning_effort", params.reasoning_effort.is_some()),
+            (
+                "parallel_tool_calls",
+                params.parallel_tool_calls == Some(false),
+            ),
+        ]
+        .into_iter()
+        .chain(params.openai_options()),
+    )
 }
 
 /// The `generateContent` request body.
@@ -729,8 +733,7 @@ mod tests {
             presence_penalty: Some(0.1),
             frequency_penalty: Some(0.2),
             user: Some("u".into()),
-            reasoning_effort: None,
-            parallel_tool_calls: None,
+            ..Params::default()
         };
         request.tools = vec![Tool {
             name: "get_weather".into(),

@@ -447,6 +447,72 @@ mod tests {
     }
 
     #[test]
+    fn openai_options_go_to_openai_are_mapped_or_reported_elsewhere() {
+        let mut request = asking("openai/m", None);
+        let p = &mut request.params;
+        p.service_tier = Some("flex".into());
+        p.store = Some(true);
+        p.metadata = [("team".to_string(), "a".to_string())].into();
+        p.logit_bias = [("50256".to_string(), -100)].into();
+        p.prompt_cache_key = Some("pk".into());
+        p.safety_identifier = Some("h-1".into());
+        p.verbosity = Some("low".into());
+        p.user = Some("u-1".into());
+        let body = openai::request_body(&request, "m").unwrap();
+        for (field, value) in [
+            ("service_tier", serde_json::json!("flex")),
+            ("store", serde_json::json!(true)),
+            ("metadata", serde_json::json!({"team": "a"})),
+            ("logit_bias", serde_json::json!({"50256": -100})),
+            ("prompt_cache_key", serde_json::json!("pk")),
+            ("safety_identifier", serde_json::json!("h-1")),
+            ("verbosity", serde_json::json!("low")),
+            ("user", serde_json::json!("u-1")),
+        ] {
+            assert_eq!(body[field], value, "{field}: {body}");
+        }
+        assert!(openai::dropped_params(&request.params).is_empty());
+
+        // Anthropic: the end user from safety_identifier (ahead of user); flex has no
+        // equivalent.
+        let body = anthropic::request_body(&request, "m").unwrap();
+        assert_eq!(body["metadata"], serde_json::json!({"user_id": "h-1"}));
+        assert!(body.get("service_tier").is_none(), "{body}");
+        for absent in ["store", "logit_bias", "prompt_cache_key", "verbosity"] {
+            assert!(body.get(absent).is_none(), "{absent}: {body}");
+        }
+        let all_but_the_user = [
+            "service_tier",
+            "store",
+            "metadata",
+            "logit_bias",
+            "prompt_cache_key",
+            "verbosity",
+        ];
+        assert_eq!(anthropic::dropped_params(&request.params), all_but_the_user);
+        for (ours, theirs) in [("auto", "auto"), ("default", "standard_only")] {
+            request.params.service_tier = Some(ours.into());
+            let body = anthropic::request_body(&request, "m").unwrap();
+            assert_eq!(body["service_tier"], theirs);
+            assert!(!anthropic::dropped_params(&request.params).contains(&"service_tier".into()));
+        }
+
+        // Gemini has none of them.
+        request.params.service_tier = Some("priority".into());
+        let mut all = vec!["user"];
+        all.extend(all_but_the_user);
+        all.insert(6, "safety_identifier");
+        assert_eq!(gemini::dropped_params(&request.params), all);
+        // Defaults are not reported: `auto`/`default` tiers, `store: false`.
+        request.params = schemas::Params {
+            service_tier: Some("default".into()),
+            store: Some(false),
+            ..Default::default()
+        };
+        assert!(gemini::dropped_params(&request.params).is_empty());
+    }
+
+    #[test]
     fn scrub_removes_the_key() {
         assert_eq!(
             scrub("bad key sk-secret-123", "sk-secret-123"),

@@ -242,6 +242,28 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Result<Value
     if let Some(effort) = &p.reasoning_effort {
         body["reasoning_effort"] = json!(effort);
     }
+    // OpenAI's own options, as the caller gave them.
+    if let Some(tier) = &p.service_tier {
+        body["service_tier"] = json!(tier);
+    }
+    if let Some(store) = p.store {
+        body["store"] = json!(store);
+    }
+    if !p.metadata.is_empty() {
+        body["metadata"] = json!(p.metadata);
+    }
+    if !p.logit_bias.is_empty() {
+        body["logit_bias"] = json!(p.logit_bias);
+    }
+    if let Some(key) = &p.prompt_cache_key {
+        body["prompt_cache_key"] = json!(key);
+    }
+    if let Some(id) = &p.safety_identifier {
+        body["safety_identifier"] = json!(id);
+    }
+    if let Some(v) = &p.verbosity {
+        body["verbosity"] = json!(v);
+    }
     // OpenAI refuses parallel_tool_calls without tools; without tools it means nothing.
     if let Some(parallel) = p.parallel_tool_calls
         && !request.tools.is_empty()
