@@ -73,6 +73,9 @@ pub struct GenRequest {
     pub max_tokens: u32,
     pub sampling: Sampling,
     pub stop: Vec<String>,
+    /// Added to these tokens' logits before every sampling step (OpenAI's
+    /// `logit_bias`: −100 all but bans a token, +100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 /// What a generation reports, in order: text pieces, then `Done` or `Failed`.
@@ -153,6 +156,11 @@ impl Decoder {
         self.config.context_length
     }
 
+    /// How many tokens the model's vocabulary has (token ids are below it).
+    pub fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
     /// The prompt tokens of a conversation, through the model's chat template.
     pub fn prompt(&self, messages: &[Message]) -> Result<Vec<u32>, String> {
         let text = render_chat(&self.config.chat_template, messages)?;
@@ -214,6 +222,17 @@ pub fn render_chat(template: &str, messages: &[Message]) -> Result<String, Strin
 }
 
 /// Picks the next token from `logits`.
+/// `logits` with each `(token, bias)` added (ids outside the vocabulary are skipped;
+/// the worker refuses them before a generation starts).
+pub fn biased<'a>(logits: &'a mut [f32], bias: &[(u32, f32)]) -> &'a [f32] {
+    for &(token, b) in bias {
+        if let Some(l) = logits.get_mut(token as usize) {
+            *l += b;
+        }
+    }
+    logits
+}
+
 pub fn sample(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
     // The first largest logit, NaN never winning (all NaN: token 0). A running max per lane
     // of 16 (which the compiler vectorizes; a single running max it cannot, as reordering a
@@ -395,7 +414,7 @@ impl Engine {
         let prompt: Vec<i64> = r.request.prompt.iter().map(|&t| i64::from(t)).collect();
         let n = prompt.len();
         let result = self.run(&[prompt], &[vec![1; n]], &[(0..n as i64).collect()], None);
-        let (logits, past) = match result {
+        let (mut logits, past) = match result {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "prefill failed");
@@ -404,7 +423,11 @@ impl Engine {
             }
         };
         r.position = n;
-        let token = sample(&logits[0], &r.request.sampling, &mut r.rng);
+        let token = sample(
+            biased(&mut logits[0], &r.request.logit_bias),
+            &r.request.sampling,
+            &mut r.rng,
+        );
         self.metrics
             .time_to_first_token
             .observe(r.started.elapsed().as_secs_f64());
@@ -442,7 +465,7 @@ impl Engine {
             .collect();
         let past = std::mem::take(&mut group.past);
         let result = self.run(&ids, &masks, &positions, Some(&past));
-        let (logits, present) = match result {
+        let (mut logits, present) = match result {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, batch = b, "decode step failed");
@@ -459,7 +482,11 @@ impl Engine {
         let mut keep = Vec::with_capacity(b);
         for (row, r) in group.members.iter_mut().enumerate() {
             r.position += 1;
-            let token = sample(&logits[row], &r.request.sampling, &mut r.rng);
+            let token = sample(
+                biased(&mut logits[row], &r.request.logit_bias),
+                &r.request.sampling,
+                &mut r.rng,
+            );
             if let Step::Continue = self.accept(r, token) {
                 keep.push(row);
             }

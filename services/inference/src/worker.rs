@@ -314,6 +314,23 @@ async fn chat(
         // answer continues where it was (the ingress checks the repeated part).
         seed: Some(p.seed.map_or_else(|| seed_of(request_id), |s| s as u64)),
     };
+    let vocab = decoder.vocab_size();
+    let mut logit_bias = Vec::with_capacity(p.logit_bias.len());
+    for (token, &bias) in &p.logit_bias {
+        match token.parse::<u32>() {
+            Ok(id) if (id as usize) < vocab => logit_bias.push((id, bias as f32)),
+            _ => {
+                return Err(with_param(
+                    invalid(format!(
+                        "'logit_bias' names token {token}, not in the vocabulary of '{}' (ids 0 to {})",
+                        worker.model_id,
+                        vocab.saturating_sub(1)
+                    )),
+                    "logit_bias",
+                ));
+            }
+        }
+    }
     sink.set_dropped_params(schemas::chat::names_set(
         [
             ("presence_penalty", p.presence_penalty.is_some()),
@@ -321,13 +338,19 @@ async fn chat(
             ("reasoning_effort", p.reasoning_effort.is_some()),
         ]
         .into_iter()
-        .chain(p.openai_options()),
+        // logit_bias is applied here, with the model's own token ids.
+        .chain(
+            p.openai_options()
+                .into_iter()
+                .filter(|(name, _)| *name != "logit_bias"),
+        ),
     ));
     let mut events = decoder.generate(GenRequest {
         prompt,
         max_tokens,
         sampling,
         stop: p.stop.clone(),
+        logit_bias,
     });
     let model = worker.model_id.as_str();
     let mut first = true;

@@ -68,6 +68,7 @@ fn france(decoder: &Decoder, max_tokens: u32) -> GenRequest {
         max_tokens,
         sampling: GREEDY,
         stop: vec![],
+        logit_bias: vec![],
     }
 }
 
@@ -108,12 +109,45 @@ async fn max_tokens_and_stop_sequences_end_generation() {
     );
 }
 
+#[tokio::test]
+async fn logit_bias_bans_and_forces_tokens() {
+    let d = decoder();
+    let tokenizer = tokenizers::Tokenizer::from_file(
+        common::models_dir()
+            .join("SmolLM2-135M-Instruct")
+            .join("tokenizer.json"),
+    )
+    .unwrap();
+    let id = |text: &str| {
+        let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(ids.len(), 1, "{text:?} is one token: {ids:?}");
+        ids[0]
+    };
+    // Banned, "Paris" (with or without its leading space) cannot be said.
+    let (text, _, _, _) = collect(&d, france(&d, 40)).await;
+    assert!(text.contains(" Paris"), "answer: {text:?}");
+    let mut request = france(&d, 40);
+    request.logit_bias = vec![(id(" Paris"), -100.0), (id("Paris"), -100.0)];
+    let (banned, _, _, _) = collect(&d, request).await;
+    assert!(!banned.contains("Paris"), "answer: {banned:?}");
+    assert_ne!(banned, text);
+    // Forced, one token is all the answer is made of.
+    let mut request = france(&d, 4);
+    request.logit_bias = vec![(id(" banana"), 100.0)];
+    let (forced, finish, _, output) = collect(&d, request).await;
+    assert_eq!(
+        (forced.trim(), finish, output),
+        ("banana banana banana banana", FinishReason::Length, 4)
+    );
+}
+
 fn ask(d: &Decoder, question: &str, max_tokens: u32) -> GenRequest {
     GenRequest {
         prompt: d.prompt(&[Message::text(Role::User, question)]).unwrap(),
         max_tokens,
         sampling: GREEDY,
         stop: vec![],
+        logit_bias: vec![],
     }
 }
 

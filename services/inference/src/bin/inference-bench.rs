@@ -694,6 +694,7 @@ async fn stream(decoder: &Decoder, prompt: Vec<u32>, max_tokens: u32) -> Result<
         max_tokens,
         sampling: GREEDY,
         stop: vec![],
+        logit_bias: vec![],
     });
     let mut ttft = None;
     while let Some(event) = events.recv().await {

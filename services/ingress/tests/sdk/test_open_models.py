@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
 
-from conftest import make_client, module_stack, stack
+from conftest import REPO, make_client, module_stack, stack
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -161,6 +163,23 @@ def test_bad_requests_are_4xx(client):
             model=SMOLLM, messages=[{"role": "user", "content": "hi"}], response_format={"type": "json_object"})
     assert e.value.body["param"] == "response_format"
     assert "open models" in e.value.body["message"]
+
+
+def test_logit_bias_takes_the_models_own_token_ids(client):
+    models = Path(os.environ.get("SWITCHYARD_MODELS_DIR") or REPO / ".models")
+    vocab = json.loads((models / "SmolLM2-135M-Instruct/tokenizer.json").read_text())["model"]["vocab"]
+    banana = vocab["\u0120banana"]  # " banana" in the byte-level BPE's alphabet
+    raw = client.chat.completions.with_raw_response.create(
+        model=SMOLLM, messages=[{"role": "user", "content": FRANCE}], temperature=0, max_tokens=3,
+        logit_bias={str(banana): 100}, service_tier="flex")
+    # +100 all but forces the token; the tier has no meaning here and is reported.
+    assert raw.parse().choices[0].message.content.strip() == "banana banana banana"
+    assert raw.headers.get("x-switchyard-dropped-params") == "service_tier"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=SMOLLM, messages=[{"role": "user", "content": "hi"}], logit_bias={"1000000": 5})
+    assert e.value.body["param"] == "logit_bias"
+    assert "not in the vocabulary" in e.value.body["message"]
 
 
 def unified(sy, model: str, body: dict) -> tuple[int, dict]:
