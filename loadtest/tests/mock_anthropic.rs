@@ -137,7 +137,8 @@ async fn non_streaming_reply_has_anthropic_shape() {
             "stop_reason": "end_turn",
             "stop_sequence": null,
             "usage": {"input_tokens": 5, "cache_creation_input_tokens": 0,
-                      "cache_read_input_tokens": 0, "output_tokens": 4}
+                      "cache_read_input_tokens": 0, "output_tokens": 4,
+                      "service_tier": "standard"}
         })
     );
 }

@@ -182,6 +182,7 @@ pub struct Assembly {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub dropped_params: Vec<String>,
+    pub service_tier: Option<String>,
 }
 
 /// Adds tool-call fragments to `calls`: fragments with the same index build one call
@@ -221,6 +222,7 @@ impl Assembly {
             self.provider.clone_from(&chunk.provider);
             self.model.clone_from(&chunk.model);
             self.dropped_params.clone_from(&chunk.dropped_params);
+            self.service_tier.clone_from(&chunk.service_tier);
         }
         if let Some(delta) = &chunk.delta {
             if let Some(c) = &delta.content {

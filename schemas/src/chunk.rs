@@ -38,6 +38,10 @@ pub struct ReplyChunk {
     /// The result of a non-chat task (embeddings, classification); in one chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<crate::task::TaskOutput>,
+    /// The processing tier the provider reports having used, in OpenAI's names
+    /// (`default`, `flex`, `scale`, `priority`); set on seq 0 when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
 }
 
 impl ReplyChunk {
@@ -55,6 +59,7 @@ impl ReplyChunk {
             model: None,
             dropped_params: Vec::new(),
             output: None,
+            service_tier: None,
         }
     }
 

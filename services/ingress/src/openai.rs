@@ -739,7 +739,15 @@ pub fn completion_json(
     if !c.dropped_params.is_empty() {
         body["dropped_params"] = json!(c.dropped_params);
     }
+    with_service_tier(&mut body, c.service_tier.as_deref());
     body
+}
+
+/// `service_tier`, when the provider reported one.
+fn with_service_tier(body: &mut Value, tier: Option<&str>) {
+    if let Some(tier) = tier {
+        body["service_tier"] = Value::String(tier.to_string());
+    }
 }
 
 /// One `chat.completion.chunk` with a single choice.
@@ -747,10 +755,11 @@ pub fn chunk_json(
     id: &str,
     created: i64,
     model: &str,
+    service_tier: Option<&str>,
     delta: Value,
     finish: Option<FinishReason>,
 ) -> Value {
-    json!({
+    let mut body = json!({
         "id": id,
         "object": "chat.completion.chunk",
         "created": created,
@@ -761,19 +770,29 @@ pub fn chunk_json(
             "logprobs": null,
             "finish_reason": finish.map(finish_reason),
         }],
-    })
+    });
+    with_service_tier(&mut body, service_tier);
+    body
 }
 
 /// The final usage chunk OpenAI sends when `stream_options.include_usage` is set.
-pub fn usage_chunk_json(id: &str, created: i64, model: &str, usage: &Usage) -> Value {
-    json!({
+pub fn usage_chunk_json(
+    id: &str,
+    created: i64,
+    model: &str,
+    service_tier: Option<&str>,
+    usage: &Usage,
+) -> Value {
+    let mut body = json!({
         "id": id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
         "choices": [],
         "usage": usage_json(usage),
-    })
+    });
+    with_service_tier(&mut body, service_tier);
+    body
 }
 
 /// The `delta` object of a streamed chunk.

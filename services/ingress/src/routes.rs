@@ -207,6 +207,7 @@ async fn handle_chat(
             created: prepared.created_at.timestamp(),
             model: prepared.model.clone(),
             provider: first.provider.clone(),
+            service_tier: first.service_tier.clone(),
         };
         let headers = answer_headers(prepared.request_id, &first);
         if prepared.stream {
@@ -763,6 +764,8 @@ struct ReplyContext {
     created: i64,
     model: String,
     provider: Option<String>,
+    /// The tier the provider reports having used (OpenAI's `service_tier`).
+    service_tier: Option<String>,
 }
 
 /// Checks the chunk order: `seq` grows by one; an error chunk ends the reply whatever its seq.
@@ -874,6 +877,7 @@ fn stream_events(
                         &ctx.id,
                         ctx.created,
                         &ctx.model,
+                        ctx.service_tier.as_deref(),
                         delta.unwrap_or_else(|| serde_json::json!({})),
                         chunk.finish_reason,
                     );
@@ -897,6 +901,7 @@ fn stream_events(
                                 &ctx.id,
                                 ctx.created,
                                 &ctx.model,
+                                ctx.service_tier.as_deref(),
                                 u,
                             )))
                             .await;

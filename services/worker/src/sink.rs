@@ -19,6 +19,7 @@ pub struct ChunkSink {
     seq: u32,
     provider: &'static str,
     dropped_params: Vec<String>,
+    service_tier: Option<String>,
     finished: bool,
     /// The token usage the reply reported, once sent (what billing records).
     usage: Option<Usage>,
@@ -118,6 +119,7 @@ impl ChunkSink {
             seq: 0,
             provider,
             dropped_params: Vec::new(),
+            service_tier: None,
             finished: false,
             usage: None,
             served_model: None,
@@ -132,6 +134,12 @@ impl ChunkSink {
     /// Parameters the provider call leaves out; reported on the first chunk.
     pub fn set_dropped_params(&mut self, params: Vec<String>) {
         self.dropped_params = params;
+    }
+
+    /// The processing tier the provider reports (OpenAI's names); sent on the first
+    /// chunk, so it must be known before it.
+    pub fn set_service_tier(&mut self, tier: Option<String>) {
+        self.service_tier = tier;
     }
 
     /// Whether anything reached the caller yet (retrying is safe only before).
@@ -177,6 +185,7 @@ impl ChunkSink {
             chunk.provider = Some(self.provider.to_string());
             chunk.model = served_model.map(str::to_string);
             chunk.dropped_params = self.dropped_params.clone();
+            chunk.service_tier.clone_from(&self.service_tier);
         }
         self.publish(&chunk).await
     }

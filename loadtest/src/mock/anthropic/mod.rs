@@ -382,6 +382,7 @@ pub(crate) fn usage(input_tokens: u64, output_tokens: u64) -> Value {
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": 0,
         "output_tokens": output_tokens,
+        "service_tier": "standard",
     })
 }
 

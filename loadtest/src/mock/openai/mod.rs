@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use reply::{Magic, Reply};
 use wire::{
     ChatRequest, Completion, CompletionChoice, ErrorBody, ErrorDetail, FunctionCall,
-    ResponseMessage, SERVICE_TIER, SYSTEM_FINGERPRINT, ToolCall, Usage,
+    ResponseMessage, SYSTEM_FINGERPRINT, ToolCall, Usage,
 };
 
 /// How the mock behaves. The same for every request; per-request behaviour comes from
@@ -220,6 +220,7 @@ async fn chat_completions(
         id: format!("chatcmpl-mock{n:016x}"),
         created: unix_now(),
         prompt_tokens: reply::prompt_tokens(&request.messages),
+        service_tier: request.served_tier(),
     };
     let reply = if magic == Magic::EchoParams {
         let conversation = ["model", "messages", "stream", "stream_options"];
@@ -295,6 +296,8 @@ pub(crate) struct Meta {
     pub id: String,
     pub created: u64,
     pub prompt_tokens: u64,
+    /// The tier the answer reports having used.
+    pub service_tier: &'static str,
 }
 
 fn completion_json(config: &MockConfig, meta: &Meta, model: &str, reply: &Reply) -> Vec<u8> {
@@ -329,7 +332,7 @@ fn completion_json(config: &MockConfig, meta: &Meta, model: &str, reply: &Reply)
             finish_reason,
         }],
         usage: Usage::new(meta.prompt_tokens, count(pieces)),
-        service_tier: SERVICE_TIER,
+        service_tier: meta.service_tier,
         system_fingerprint: SYSTEM_FINGERPRINT,
     };
     serde_json::to_vec(&completion).unwrap_or_default()

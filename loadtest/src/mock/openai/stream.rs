@@ -12,8 +12,7 @@ use axum::body::{Body, Bytes};
 
 use super::reply::{self, Reply};
 use super::wire::{
-    Chunk, ChunkChoice, Delta, FunctionDelta, SERVICE_TIER, SYSTEM_FINGERPRINT, ToolCallDelta,
-    Usage,
+    Chunk, ChunkChoice, Delta, FunctionDelta, SYSTEM_FINGERPRINT, ToolCallDelta, Usage,
 };
 use super::{Meta, MockConfig, count};
 
@@ -47,7 +46,7 @@ impl Frames<'_> {
             object: "chat.completion.chunk",
             created: self.meta.created,
             model: self.model,
-            service_tier: SERVICE_TIER,
+            service_tier: self.meta.service_tier,
             system_fingerprint: SYSTEM_FINGERPRINT,
             choices,
             usage: self.include_usage.then_some(usage),

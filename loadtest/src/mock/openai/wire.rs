@@ -36,6 +36,17 @@ pub(crate) struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// The tier OpenAI reports having used: the one asked for, `default` for `auto`
+    /// or none (a project without Scale Tier).
+    pub(crate) fn served_tier(&self) -> &'static str {
+        match self.service_tier.as_deref() {
+            Some("flex") => "flex",
+            Some("scale") => "scale",
+            Some("priority") => "priority",
+            _ => "default",
+        }
+    }
+
     /// OpenAI's 400 for parameters it refuses in this combination, with the parameter.
     pub(crate) fn problem(&self) -> Option<(String, &'static str)> {
         if self.parallel_tool_calls.is_some() && self.tools.as_ref().is_none_or(Vec::is_empty) {
@@ -193,7 +204,6 @@ impl Content {
 
 // ---- responses ----
 
-pub(crate) const SERVICE_TIER: &str = "default";
 pub(crate) const SYSTEM_FINGERPRINT: &str = "fp_mock0001";
 
 /// `object: "chat.completion"`.

@@ -183,42 +183,56 @@ OPENAI_OPTIONS = {
 }
 
 
-def _received(client, provider: str, stream: bool, **kwargs) -> tuple[dict, str | None]:
+def _received(client, provider: str, stream: bool, **kwargs) -> tuple[dict, str | None, set]:
+    """What the provider received, the dropped-params header, and the service tiers the
+    answer reported (every chunk's, when streamed)."""
     raw = client.chat.completions.with_raw_response.create(
         model=f"{provider}/mock-echo-params", messages=conversation("hi"), stream=stream,
-        **kwargs)
+        **({"stream_options": {"include_usage": True}} if stream else {}), **kwargs)
     if stream:
-        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        chunks = list(raw.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        tiers = {c.service_tier for c in chunks}
     else:
-        text = raw.parse().choices[0].message.content
-    return json.loads(text), raw.headers.get("x-switchyard-dropped-params")
+        completion = raw.parse()
+        text = completion.choices[0].message.content
+        tiers = {completion.service_tier}
+    received = json.loads(text)
+    received.pop("max_tokens", None)  # Anthropic's, always sent
+    return received, raw.headers.get("x-switchyard-dropped-params"), tiers
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_options_reach_openai_as_given(client, stream):
-    received, dropped = _received(client, "openai", stream, user="u-1", **OPENAI_OPTIONS)
+    received, dropped, tiers = _received(client, "openai", stream, user="u-1", **OPENAI_OPTIONS)
     assert received == {"user": "u-1", **OPENAI_OPTIONS}
     assert dropped is None
+    # The tier OpenAI reports having used reaches the caller, on every chunk.
+    assert tiers == {"flex"}
+    assert _received(client, "openai", stream)[2] == {"default"}
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_options_elsewhere_are_mapped_or_reported(client, stream):
-    received, dropped = _received(client, "anthropic", stream, user="u-1", **OPENAI_OPTIONS)
+    received, dropped, tiers = _received(client, "anthropic", stream, user="u-1", **OPENAI_OPTIONS)
     # The end user goes to metadata.user_id, safety_identifier ahead of user; Anthropic
     # has no flex tier, no stored completions, logit bias, cache key or verbosity.
     assert received["metadata"] == {"user_id": "h-42"}
     assert not set(received) & {"service_tier", "store", "logit_bias", "prompt_cache_key", "verbosity"}
     assert dropped == "service_tier,store,metadata,logit_bias,prompt_cache_key,verbosity"
+    # Anthropic's usage.service_tier "standard" is OpenAI's "default".
+    assert tiers == {"default"}
 
-    received, dropped = _received(client, "google", stream, user="u-1", **OPENAI_OPTIONS)
+    received, dropped, tiers = _received(client, "google", stream, user="u-1", **OPENAI_OPTIONS)
     sent = json.dumps(received)
     assert not [v for v in ("u-1", "h-42", "pk-1", "team", "50256", "flex") if v in sent], sent
     assert dropped == "user,service_tier,store,metadata,logit_bias,prompt_cache_key,safety_identifier,verbosity"
+    assert tiers == {None}
 
 
 def test_openai_service_tier_default_is_anthropics_standard_only(client):
     for ours, theirs in [("default", "standard_only"), ("auto", "auto")]:
-        received, dropped = _received(client, "anthropic", False, service_tier=ours)
+        received, dropped, _ = _received(client, "anthropic", False, service_tier=ours)
         assert received["service_tier"] == theirs
         assert dropped is None
 

@@ -59,6 +59,7 @@ impl Anthropic {
         } else {
             let mut parsed: MessageResponse = read_json(response, PROVIDER).await?;
             let model = parsed.model.take();
+            sink.set_service_tier(parsed.usage.as_ref().and_then(AnthUsage::openai_tier));
             let (delta, finish, usage) = parsed.into_reply();
             sink.send(Some(delta), finish, usage, model.as_deref(), true)
                 .await?;
@@ -89,6 +90,7 @@ async fn stream(
         let parsed: StreamEvent = events.parse(&data)?;
         match parsed {
             StreamEvent::MessageStart { message } => {
+                sink.set_service_tier(message.usage.as_ref().and_then(AnthUsage::openai_tier));
                 state.usage = message.usage;
                 let delta = Delta {
                     role: Some(Role::Assistant),
@@ -550,6 +552,19 @@ struct AnthUsage {
     cache_creation_input_tokens: Option<u64>,
     #[serde(default)]
     cache_read_input_tokens: Option<u64>,
+    /// `standard`, `priority` or `batch`.
+    #[serde(default)]
+    service_tier: Option<String>,
+}
+
+impl AnthUsage {
+    /// The tier in OpenAI's names: standard capacity is OpenAI's `default`.
+    fn openai_tier(&self) -> Option<String> {
+        self.service_tier.as_deref().map(|t| match t {
+            "standard" => "default".to_string(),
+            other => other.to_string(),
+        })
+    }
 }
 
 impl From<AnthUsage> for Usage {

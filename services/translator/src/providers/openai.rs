@@ -73,6 +73,7 @@ impl OpenAi {
                 ),
                 None => (Delta::default(), Some(FinishReason::Stop)),
             };
+            sink.set_service_tier(parsed.service_tier);
             sink.send(
                 Some(delta),
                 finish,
@@ -134,6 +135,9 @@ impl OpenAi {
                 finish = choice.finish_reason.as_deref().map(finish_reason);
             }
             let usage = chunk.usage.map(Usage::from);
+            if !sink.started() {
+                sink.set_service_tier(chunk.service_tier);
+            }
             if delta.is_some() || finish.is_some() || usage.is_some() || !sink.started() {
                 sink.send(delta, finish, usage, chunk.model.as_deref(), false)
                     .await?;
@@ -367,6 +371,8 @@ struct Completion {
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
+    service_tier: Option<String>,
+    #[serde(default)]
     choices: Vec<Choice>,
     #[serde(default)]
     usage: Option<OaiUsage>,
@@ -432,6 +438,8 @@ impl From<OaiUsage> for Usage {
 struct StreamChunk {
     #[serde(default)]
     model: Option<String>,
+    #[serde(default)]
+    service_tier: Option<String>,
     #[serde(default)]
     choices: Vec<StreamChoice>,
     #[serde(default)]
