@@ -215,11 +215,12 @@ def test_openai_options_reach_openai_as_given(client, stream):
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_options_elsewhere_are_mapped_or_reported(client, stream):
     received, dropped, tiers = _received(client, "anthropic", stream, user="u-1", **OPENAI_OPTIONS)
-    # The end user goes to metadata.user_id, safety_identifier ahead of user; Anthropic
-    # has no flex tier, no stored completions, logit bias, cache key or verbosity.
+    # The end user goes to metadata.user_id, safety_identifier ahead of user (so user is
+    # reported dropped); Anthropic has no flex tier, no stored completions, logit bias,
+    # cache key or verbosity.
     assert received["metadata"] == {"user_id": "h-42"}
     assert not set(received) & {"service_tier", "store", "logit_bias", "prompt_cache_key", "verbosity"}
-    assert dropped == "service_tier,store,metadata,logit_bias,prompt_cache_key,verbosity"
+    assert dropped == "user,service_tier,store,metadata,logit_bias,prompt_cache_key,verbosity"
     # Anthropic's usage.service_tier "standard" is OpenAI's "default".
     assert tiers == {"default"}
 

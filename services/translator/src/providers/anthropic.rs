@@ -315,6 +315,11 @@ pub fn dropped_params(params: &schemas::Params) -> Vec<String> {
             ("frequency_penalty", params.frequency_penalty.is_some()),
             // Extended thinking takes a token budget, not a level: no faithful mapping.
             ("reasoning_effort", params.reasoning_effort.is_some()),
+            // metadata.user_id holds one end user: safety_identifier's, when both are set.
+            (
+                "user",
+                params.user.is_some() && params.safety_identifier.is_some(),
+            ),
         ]
         .into_iter()
         .chain(params.openai_options().into_iter().filter(|(name, _)| {

@@ -489,7 +489,13 @@ mod tests {
             "prompt_cache_key",
             "verbosity",
         ];
+        // `user` too: metadata.user_id holds one, safety_identifier's.
+        let mut dropped = vec!["user"];
+        dropped.extend(all_but_the_user);
+        assert_eq!(anthropic::dropped_params(&request.params), dropped);
+        request.params.user = None;
         assert_eq!(anthropic::dropped_params(&request.params), all_but_the_user);
+        request.params.user = Some("u-1".into());
         for (ours, theirs) in [("auto", "auto"), ("default", "standard_only")] {
             request.params.service_tier = Some(ours.into());
             let body = anthropic::request_body(&request, "m").unwrap();
