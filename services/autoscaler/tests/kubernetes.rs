@@ -267,3 +267,46 @@ async fn each_refresh_reads_replicas_and_ready_pods_back_and_notices_a_deleted_d
     );
     assert_eq!(process.ready(&acme), None);
 }
+
+#[tokio::test]
+async fn an_api_server_that_never_answers_fails_the_call_instead_of_holding_the_tick() {
+    // Takes connections and reads requests, never answers: a wedged API server.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut backend = KubernetesBackend::new(
+        format!("http://{addr}"),
+        Some("sa-token".into()),
+        None,
+        "switchyard".into(),
+        "registry.example/switchyard-inference:1".into(),
+    )
+    .unwrap()
+    .with_request_timeout(std::time::Duration::from_millis(200));
+    let pool = Pool::Cluster {
+        account: "acme".into(),
+        model: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+    };
+    // Bounded by the test too, so a regression fails here rather than hanging.
+    let within = std::time::Duration::from_secs(10);
+    let scaled = tokio::time::timeout(within, backend.scale(&pool, 1))
+        .await
+        .expect("the call ended");
+    assert_eq!(
+        scaled.unwrap_err(),
+        "Kubernetes API: no answer within 200ms"
+    );
+    assert_eq!(backend.count(&pool), 0, "nothing recorded as scaled");
+    let refreshed = tokio::time::timeout(within, backend.refresh())
+        .await
+        .expect("the call ended");
+    assert_eq!(
+        refreshed.unwrap_err(),
+        "Kubernetes API: no answer within 200ms"
+    );
+}

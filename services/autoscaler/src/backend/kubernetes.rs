@@ -34,10 +34,18 @@ pub struct KubernetesBackend {
     namespace: String,
     image: String,
     http: reqwest::Client,
+    /// Longest one API call may take, connecting included.
+    timeout: std::time::Duration,
     replicas: BTreeMap<Pool, u32>,
     /// `status.readyReplicas` per pool, as last listed.
     ready: BTreeMap<Pool, u32>,
 }
+
+/// How long one API call may take by default. Without a bound, an API server that
+/// takes the connection and never answers would hold the reconciler's tick forever:
+/// no pool scaled up, none scaled to zero (and billed on). With it, the call fails,
+/// the tick reports the error, and the next tick tries again.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A Deployment name for `pool`: DNS-1123, at most 63 characters, stable.
 pub fn deployment_name(pool: &Pool) -> String {
@@ -91,6 +99,7 @@ impl KubernetesBackend {
             namespace,
             image,
             http,
+            timeout: REQUEST_TIMEOUT,
             replicas: BTreeMap::new(),
             ready: BTreeMap::new(),
         })
@@ -151,7 +160,7 @@ impl KubernetesBackend {
             .request(reqwest::Method::GET, &path)
             .send()
             .await
-            .map_err(|e| format!("Kubernetes API: {e}"))?;
+            .map_err(|e| self.call_failed(&e))?;
         let status = res.status().as_u16();
         if status != 200 {
             let text = res.text().await.unwrap_or_default();
@@ -196,8 +205,26 @@ impl KubernetesBackend {
             .collect()
     }
 
+    /// Another bound for each API call than [`REQUEST_TIMEOUT`].
+    pub fn with_request_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Why an API call got no answer.
+    fn call_failed(&self, e: &reqwest::Error) -> String {
+        if e.is_timeout() {
+            format!("Kubernetes API: no answer within {:?}", self.timeout)
+        } else {
+            format!("Kubernetes API: {e}")
+        }
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{path}", self.api));
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .timeout(self.timeout);
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
@@ -217,7 +244,7 @@ impl KubernetesBackend {
             .body(body.to_string())
             .send()
             .await
-            .map_err(|e| format!("Kubernetes API: {e}"))?;
+            .map_err(|e| self.call_failed(&e))?;
         match res.status().as_u16() {
             200 | 201 => {}
             404 => self.create(pool, &name, want).await?,
@@ -259,7 +286,7 @@ impl KubernetesBackend {
             .json(&manifest)
             .send()
             .await
-            .map_err(|e| format!("Kubernetes API: {e}"))?;
+            .map_err(|e| self.call_failed(&e))?;
         match res.status().as_u16() {
             200..=202 => Ok(()),
             s => {
