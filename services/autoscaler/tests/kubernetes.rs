@@ -16,6 +16,18 @@ use axum::routing::{patch, post};
 use switchyard_autoscaler::Pool;
 use switchyard_autoscaler::backend::kubernetes::{KubernetesBackend, deployment_name};
 
+/// The backend against the stand-in API server at `addr`, namespace `switchyard`.
+fn backend_at(addr: std::net::SocketAddr, image: &str) -> KubernetesBackend {
+    KubernetesBackend::new(
+        format!("http://{addr}"),
+        Some("sa-token".into()),
+        None,
+        "switchyard".into(),
+        image.into(),
+    )
+    .unwrap()
+}
+
 #[derive(Default)]
 struct Api {
     deployments: Mutex<Vec<(String, serde_json::Value)>>,
@@ -74,14 +86,7 @@ async fn scaling_creates_the_deployment_once_then_patches_its_replicas() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let mut backend = KubernetesBackend::new(
-        format!("http://{addr}"),
-        Some("sa-token".into()),
-        None,
-        "switchyard".into(),
-        "registry.example/switchyard-inference:1".into(),
-    )
-    .unwrap();
+    let mut backend = backend_at(addr, "registry.example/switchyard-inference:1");
     let pool = Pool::Cluster {
         account: "acme".into(),
         model: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
@@ -165,14 +170,7 @@ async fn a_restarted_autoscaler_adopts_the_deployments_it_made() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let mut backend = KubernetesBackend::new(
-        format!("http://{addr}"),
-        Some("sa-token".into()),
-        None,
-        "switchyard".into(),
-        "img".into(),
-    )
-    .unwrap();
+    let mut backend = backend_at(addr, "img");
     assert_eq!(backend.adopt().await.unwrap(), 2);
     let acme = Pool::Cluster {
         account: "acme".into(),
@@ -220,16 +218,7 @@ async fn each_refresh_reads_replicas_and_ready_pods_back_and_notices_a_deleted_d
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let mut backend = switchyard_autoscaler::Backend::Kubernetes(
-        KubernetesBackend::new(
-            format!("http://{addr}"),
-            Some("sa-token".into()),
-            None,
-            "switchyard".into(),
-            "img".into(),
-        )
-        .unwrap(),
-    );
+    let mut backend = switchyard_autoscaler::Backend::Kubernetes(backend_at(addr, "img"));
     let acme = Pool::Cluster {
         account: "acme".into(),
         model: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
@@ -279,15 +268,8 @@ async fn an_api_server_that_never_answers_fails_the_call_instead_of_holding_the_
             held.push(socket);
         }
     });
-    let mut backend = KubernetesBackend::new(
-        format!("http://{addr}"),
-        Some("sa-token".into()),
-        None,
-        "switchyard".into(),
-        "registry.example/switchyard-inference:1".into(),
-    )
-    .unwrap()
-    .with_request_timeout(std::time::Duration::from_millis(200));
+    let mut backend = backend_at(addr, "registry.example/switchyard-inference:1")
+        .with_request_timeout(std::time::Duration::from_millis(200));
     let pool = Pool::Cluster {
         account: "acme".into(),
         model: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
