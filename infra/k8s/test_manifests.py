@@ -74,6 +74,17 @@ def test_inference_workers_request_a_gpu_and_set_only_documented_variables():
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
 
 
+def test_a_stuck_autoscaler_is_restarted():
+    # Its /healthz turns 503 once no reconciliation finished for AUTOSCALER_STALL_AFTER_MS;
+    # a liveness probe on it (not /livez, which only says the process serves HTTP)
+    # restarts it.
+    d = next(d for d in docs() if d.get("kind") == "Deployment"
+             and d["metadata"]["name"] == "switchyard-autoscaler")
+    container = d["spec"]["template"]["spec"]["containers"][0]
+    port = int(next(e["value"] for e in container["env"] if e["name"] == "AUTOSCALER_BIND").rsplit(":", 1)[1])
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+
+
 def test_service_deployments_set_only_documented_variables():
     binaries = {"ingress": "switchyard-ingress", "translator": "switchyard-translator",
                 "autoscaler": "switchyard-autoscaler", "batch": "switchyard-batch"}

@@ -40,6 +40,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub tick_ms: u64,
 
+    /// How long the reconciliation loop may go without finishing a tick before
+    /// `/healthz` answers 503, in ms: a liveness probe on it restarts a reconciler that
+    /// hangs (a tick that fails still finishes). Generous: stopping an instance waits
+    /// for its drain (up to 35 s) inside a tick.
+    #[arg(long, env = "AUTOSCALER_STALL_AFTER_MS", default_value_t = 120_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub stall_after_ms: u64,
+
     /// Length of one "minute" of a cluster's idle timeout, in ms. 60000 in production;
     /// tests and demos shrink it so scale-to-zero happens in seconds.
     #[arg(long, env = "AUTOSCALER_IDLE_MINUTE_MS", default_value_t = 60_000,

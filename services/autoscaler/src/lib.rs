@@ -16,6 +16,8 @@
 //!   BATCHWORK).
 //! - [`metrics`]: instances and desired per pool, queue depth per pool and kind
 //!   (`interactive`, `batch`), decisions, cold starts.
+//! - [`Progress`]: the watchdog — `/healthz` is 503 once no tick finished for
+//!   `AUTOSCALER_STALL_AFTER_MS`, so a liveness probe restarts a stuck reconciler.
 //!
 //! # Batch work and autoscaling
 //!
@@ -55,6 +57,7 @@ pub mod decide;
 pub mod metrics;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -749,6 +752,38 @@ pub fn backend(config: &Config) -> Result<Backend, Error> {
     })
 }
 
+/// When the reconciliation loop last finished a tick (or started): the watchdog behind
+/// `/healthz`.
+#[derive(Clone, Debug)]
+pub struct Progress(Arc<std::sync::Mutex<std::time::Instant>>);
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self(Arc::new(std::sync::Mutex::new(std::time::Instant::now())))
+    }
+}
+
+impl Progress {
+    /// A tick finished, well or not.
+    pub fn beat(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = std::time::Instant::now();
+        }
+    }
+
+    /// Whether no tick finished for longer than `after`.
+    pub fn stalled(&self, after: Duration) -> bool {
+        self.stalled_at(std::time::Instant::now(), after)
+    }
+
+    /// [`Self::stalled`], seen at `now`.
+    pub fn stalled_at(&self, now: std::time::Instant, after: Duration) -> bool {
+        self.0
+            .lock()
+            .map_or(true, |last| now.saturating_duration_since(*last) > after)
+    }
+}
+
 /// Connects, serves `/healthz` and `/metrics`, and reconciles every `tick` until
 /// `shutdown`; then stops the instances it started (process backend).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
@@ -774,9 +809,15 @@ pub async fn serve(
         .map_err(Error::Connect)?;
     let js = jetstream::new(client);
     let tick = config.tick();
+    let progress = Progress::default();
+    let stall_after = Duration::from_millis(config.stall_after_ms);
     let mut reconciler = Reconciler::new(config, js, backend).await?;
     let metrics = reconciler.metrics.clone();
-    let app = switchyard_telemetry::health_router(|| true, move || metrics.render());
+    let watched = progress.clone();
+    let app = switchyard_telemetry::health_router(
+        move || !watched.stalled(stall_after),
+        move || metrics.render(),
+    );
     let http = switchyard_telemetry::serve_health(listener, app, shutdown.clone());
     let reconciling = async {
         let mut every = tokio::time::interval(tick);
@@ -790,6 +831,7 @@ pub async fn serve(
                 reconciler.metrics.errors.inc();
                 tracing::warn!(error = %e, "reconciliation failed");
             }
+            progress.beat();
         }
         tracing::info!("autoscaler stopping; draining the instances it started");
         reconciler.backend.shutdown().await;

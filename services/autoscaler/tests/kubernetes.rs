@@ -292,3 +292,71 @@ async fn an_api_server_that_never_answers_fails_the_call_instead_of_holding_the_
         "Kubernetes API: no answer within 200ms"
     );
 }
+
+#[tokio::test]
+async fn healthz_turns_unavailable_when_the_reconciler_stops_finishing_ticks() {
+    use clap::Parser;
+    // An API server that never answers, and a client that would wait an hour for it:
+    // the first tick hangs in its first call.
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = api.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = api.accept().await {
+            held.push(socket);
+        }
+    });
+    let backend =
+        backend_at(api_addr, "img").with_request_timeout(std::time::Duration::from_secs(3600));
+    let nats = switchyard_nats::testing::NatsServer::start().unwrap();
+    nats.connect_and_apply().await.unwrap();
+    let config = switchyard_autoscaler::Config::parse_from([
+        "switchyard-autoscaler",
+        "--nats-url",
+        nats.url(),
+        "--tick-ms",
+        "100",
+        "--stall-after-ms",
+        "500",
+    ]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let health = format!("http://{}/healthz", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(switchyard_autoscaler::serve(
+        listener,
+        config,
+        switchyard_autoscaler::Backend::Kubernetes(backend),
+        shutdown.clone(),
+    ));
+    // Bounded: without the watchdog /healthz would say ok for as long as we asked.
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (status, body) = loop {
+        if let Ok(r) = http.get(&health).send().await {
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            if status != 200 {
+                break (status, body);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/healthz still ok with the reconciler stuck"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 503);
+    assert_eq!(body, r#"{"status":"unavailable"}"#);
+    shutdown.cancel();
+}
+
+#[test]
+fn progress_is_stalled_only_past_its_limit() {
+    use std::time::{Duration, Instant};
+    let progress = switchyard_autoscaler::Progress::default();
+    let limit = Duration::from_secs(60);
+    assert!(!progress.stalled(limit));
+    let later = Instant::now() + Duration::from_secs(61);
+    assert!(progress.stalled_at(later, limit));
+    assert!(!progress.stalled_at(later - Duration::from_secs(2), limit));
+}
