@@ -28,6 +28,19 @@ fn backend_at(addr: std::net::SocketAddr, image: &str) -> KubernetesBackend {
     .unwrap()
 }
 
+/// A wedged API server: takes connections and never answers.
+async fn never_answering_api() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
 #[derive(Default)]
 struct Api {
     deployments: Mutex<Vec<(String, serde_json::Value)>>,
@@ -259,15 +272,7 @@ async fn each_refresh_reads_replicas_and_ready_pods_back_and_notices_a_deleted_d
 
 #[tokio::test]
 async fn an_api_server_that_never_answers_fails_the_call_instead_of_holding_the_tick() {
-    // Takes connections and reads requests, never answers: a wedged API server.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let addr = never_answering_api().await;
     let mut backend = backend_at(addr, "registry.example/switchyard-inference:1")
         .with_request_timeout(std::time::Duration::from_millis(200));
     let pool = Pool::Cluster {
@@ -298,16 +303,8 @@ async fn healthz_turns_unavailable_when_the_reconciler_stops_finishing_ticks() {
     use clap::Parser;
     // An API server that never answers, and a client that would wait an hour for it:
     // the first tick hangs in its first call.
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_addr = api.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = api.accept().await {
-            held.push(socket);
-        }
-    });
-    let backend =
-        backend_at(api_addr, "img").with_request_timeout(std::time::Duration::from_secs(3600));
+    let backend = backend_at(never_answering_api().await, "img")
+        .with_request_timeout(std::time::Duration::from_secs(3600));
     let nats = switchyard_nats::testing::NatsServer::start().unwrap();
     nats.connect_and_apply().await.unwrap();
     let config = switchyard_autoscaler::Config::parse_from([
