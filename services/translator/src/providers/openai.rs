@@ -219,54 +219,37 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str) -> Result<Value
         "messages": request.messages.iter().map(message_json).collect::<Vec<_>>(),
     });
     let p = &request.params;
-    if let Some(t) = p.temperature {
-        body["temperature"] = json!(t);
-    }
-    if let Some(t) = p.top_p {
-        body["top_p"] = json!(t);
-    }
-    if let Some(n) = p.max_tokens {
-        body["max_completion_tokens"] = json!(n);
-    }
-    if !p.stop.is_empty() {
-        body["stop"] = json!(p.stop);
-    }
-    if let Some(s) = p.seed {
-        body["seed"] = json!(s);
-    }
-    if let Some(x) = p.presence_penalty {
-        body["presence_penalty"] = json!(x);
-    }
-    if let Some(x) = p.frequency_penalty {
-        body["frequency_penalty"] = json!(x);
-    }
-    if let Some(u) = &p.user {
-        body["user"] = json!(u);
-    }
-    if let Some(effort) = &p.reasoning_effort {
-        body["reasoning_effort"] = json!(effort);
-    }
-    // OpenAI's own options, as the caller gave them.
-    if let Some(tier) = &p.service_tier {
-        body["service_tier"] = json!(tier);
-    }
-    if let Some(store) = p.store {
-        body["store"] = json!(store);
-    }
-    if !p.metadata.is_empty() {
-        body["metadata"] = json!(p.metadata);
-    }
-    if !p.logit_bias.is_empty() {
-        body["logit_bias"] = json!(p.logit_bias);
-    }
-    if let Some(key) = &p.prompt_cache_key {
-        body["prompt_cache_key"] = json!(key);
-    }
-    if let Some(id) = &p.safety_identifier {
-        body["safety_identifier"] = json!(id);
-    }
-    if let Some(v) = &p.verbosity {
-        body["verbosity"] = json!(v);
+    let non_empty = |set: bool, v: Value| if set { v } else { Value::Null };
+    // Our parameters under OpenAI's names (ours are OpenAI's, but for max_tokens), and
+    // OpenAI's own options as the caller gave them; unset ones are left out.
+    let fields = [
+        ("temperature", json!(p.temperature)),
+        ("top_p", json!(p.top_p)),
+        ("max_completion_tokens", json!(p.max_tokens)),
+        ("stop", non_empty(!p.stop.is_empty(), json!(p.stop))),
+        ("seed", json!(p.seed)),
+        ("presence_penalty", json!(p.presence_penalty)),
+        ("frequency_penalty", json!(p.frequency_penalty)),
+        ("user", json!(p.user)),
+        ("reasoning_effort", json!(p.reasoning_effort)),
+        ("service_tier", json!(p.service_tier)),
+        ("store", json!(p.store)),
+        (
+            "metadata",
+            non_empty(!p.metadata.is_empty(), json!(p.metadata)),
+        ),
+        (
+            "logit_bias",
+            non_empty(!p.logit_bias.is_empty(), json!(p.logit_bias)),
+        ),
+        ("prompt_cache_key", json!(p.prompt_cache_key)),
+        ("safety_identifier", json!(p.safety_identifier)),
+        ("verbosity", json!(p.verbosity)),
+    ];
+    for (name, value) in fields {
+        if !value.is_null() {
+            body[name] = value;
+        }
     }
     // OpenAI refuses parallel_tool_calls without tools; without tools it means nothing.
     if let Some(parallel) = p.parallel_tool_calls
